@@ -1,0 +1,183 @@
+"""Latents and their time-segment layout (chapters 2-3).
+
+The M x N timestep grid (DESIGN.md section 4) speaks of *cells*: row 0 is video, row 1 is
+audio, and column n is a time segment in seconds. The latents speak of *frames*: 5 causal video
+latent frames and 34 audio latent frames. This module owns the mapping between the two, and the
+mapping from transformer tokens to cells, so that every other module asks it instead of
+repeating the arithmetic.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from functools import lru_cache
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from avdit_mini.config import Geometry
+
+MODALITIES = ("video", "audio")
+VIDEO, AUDIO = 0, 1  # row indices of the timestep grid
+
+Span = tuple[Fraction, Fraction]  # [start, end) in seconds, exact
+
+
+@lru_cache(maxsize=None)
+def _video_latent_spans(geometry: Geometry) -> tuple[Span, ...]:
+    """[start, end) in seconds of the video frames each causal latent frame covers (Chapter 3)."""
+    frame = Fraction(1, geometry.fps)
+    spans = [(Fraction(0), frame)]  # latent frame 0 = video frame 0 alone
+    for k in range(1, geometry.video_latent_frames):
+        first = geometry.video_time_down * (k - 1) + 1  # latent frame k = video frames 4k-3 .. 4k
+        spans.append((first * frame, (first + geometry.video_time_down) * frame))
+    return tuple(spans)
+
+
+@lru_cache(maxsize=None)
+def _audio_latent_spans(geometry: Geometry) -> tuple[Span, ...]:
+    """[start, end) in seconds of the samples each audio latent frame covers (Chapter 3)."""
+    step = Fraction(geometry.hop_length * geometry.audio_time_down, geometry.sample_rate)  # 62.5 ms
+    return tuple((j * step, (j + 1) * step) for j in range(geometry.audio_latent_frames))
+
+
+@lru_cache(maxsize=None)
+def _segment_spans(geometry: Geometry) -> tuple[Span, ...]:
+    """[start, end) in seconds of each time segment: one per video latent frame (Chapter 3)."""
+    if geometry.segments != geometry.video_latent_frames:
+        raise ValueError(
+            f"geometry.segments={geometry.segments} but the causal video latent has "
+            f"{geometry.video_latent_frames} frames; the layout gives each segment exactly one "
+            "video latent frame, so set segments = 1 + (frames - 1) // video_time_down"
+        )
+    return _video_latent_spans(geometry)
+
+
+@lru_cache(maxsize=None)
+def _audio_segments(geometry: Geometry) -> tuple[int, ...]:
+    """The segment holding each audio latent frame; no frame may straddle two (Chapter 3)."""
+    segments = _segment_spans(geometry)
+    owners = []
+    for j, (start, end) in enumerate(_audio_latent_spans(geometry)):
+        inside = [n for n, (s0, s1) in enumerate(segments) if s0 <= start and end <= s1]
+        if not inside:
+            raise ValueError(
+                f"audio latent frame {j} covers [{float(start)}, {float(end)}) s and straddles a "
+                "segment boundary; choose hop_length * audio_time_down so that audio latent frames "
+                "tile every video latent frame exactly"
+            )
+        owners.append(inside[0])
+    return tuple(owners)
+
+
+def video_segment_of_latent_frame(geometry: Geometry = Geometry()) -> Tensor:
+    """Segment index of each video latent frame, LongTensor [5] (Chapter 3)."""
+    _segment_spans(geometry)  # validates the geometry
+    return torch.arange(geometry.video_latent_frames)
+
+
+def audio_segment_of_latent_frame(geometry: Geometry = Geometry()) -> Tensor:
+    """Segment index of each audio latent frame, LongTensor [34] (Chapter 3)."""
+    return torch.tensor(_audio_segments(geometry))
+
+
+def _centres(spans: tuple[Span, ...]) -> Tensor:
+    """Centre time in seconds of each span, FloatTensor [len(spans)] (Chapter 3)."""
+    return torch.tensor([float((start + end) / 2) for start, end in spans])
+
+
+def video_latent_frame_times(geometry: Geometry = Geometry()) -> Tensor:
+    """Centre time in seconds of what each video latent frame covers, FloatTensor [5] (Chapter 3)."""
+    return _centres(_video_latent_spans(geometry))
+
+
+def audio_latent_frame_times(geometry: Geometry = Geometry()) -> Tensor:
+    """Centre time in seconds of what each audio latent frame covers, FloatTensor [34] (Chapter 3)."""
+    return _centres(_audio_latent_spans(geometry))
+
+
+def segment_bounds(geometry: Geometry = Geometry()) -> Tensor:
+    """[start, end) in seconds of each time segment, FloatTensor [N, 2] (Chapter 3)."""
+    return torch.tensor([[float(start), float(end)] for start, end in _segment_spans(geometry)])
+
+
+def _check_grid(timestep_grid: Tensor, geometry: Geometry) -> None:
+    """Raise if the grid is not [B, M, N] for this geometry (Chapter 3)."""
+    expected = (geometry.modalities, geometry.segments)
+    if timestep_grid.dim() != 3 or tuple(timestep_grid.shape[1:]) != expected:
+        raise ValueError(
+            f"timestep_grid must be [B, {expected[0]}, {expected[1]}] (row 0 video, row 1 audio; "
+            f"one column per time segment), got {list(timestep_grid.shape)}"
+        )
+
+
+def expand_grid(timestep_grid: Tensor, geometry: Geometry = Geometry()) -> tuple[Tensor, Tensor]:
+    """Per-latent-frame t of each modality: grid [B, M, N] -> ([B, 5], [B, 34]) (Chapter 3)."""
+    _check_grid(timestep_grid, geometry)
+    video_segment = video_segment_of_latent_frame(geometry).to(timestep_grid.device)
+    audio_segment = audio_segment_of_latent_frame(geometry).to(timestep_grid.device)
+    t_video = timestep_grid[:, VIDEO, video_segment]  # [B, 5]
+    t_audio = timestep_grid[:, AUDIO, audio_segment]  # [B, 34]
+    return t_video, t_audio
+
+
+def _first_frame_of_each_segment(frame_segment: Tensor, segments: int) -> Tensor:
+    """Index of the first latent frame of every segment, LongTensor [N] (Chapter 3)."""
+    return torch.stack([torch.nonzero(frame_segment == n)[0, 0] for n in range(segments)])
+
+
+def grid_from_frames(t_video: Tensor, t_audio: Tensor, geometry: Geometry = Geometry()) -> Tensor:
+    """Inverse of expand_grid: per-frame t ([B, 5], [B, 34]) -> grid [B, M, N] (Chapter 3)."""
+    frames = (geometry.video_latent_frames, geometry.audio_latent_frames)
+    if t_video.dim() != 2 or t_audio.dim() != 2 or (t_video.shape[1], t_audio.shape[1]) != frames:
+        raise ValueError(
+            f"t_video must be [B, {frames[0]}] and t_audio [B, {frames[1]}] (one t per latent "
+            f"frame), got {list(t_video.shape)} and {list(t_audio.shape)}"
+        )
+    if t_video.shape[0] != t_audio.shape[0]:
+        raise ValueError(f"t_video and t_audio disagree on the batch size: {t_video.shape[0]} vs {t_audio.shape[0]}")
+    first_video = _first_frame_of_each_segment(video_segment_of_latent_frame(geometry), geometry.segments)
+    first_audio = _first_frame_of_each_segment(audio_segment_of_latent_frame(geometry), geometry.segments)
+    timestep_grid = torch.stack(
+        [t_video[:, first_video.to(t_video.device)], t_audio[:, first_audio.to(t_audio.device)]], dim=1
+    )  # [B, M, N]
+    video_back, audio_back = expand_grid(timestep_grid, geometry)
+    if not (torch.equal(video_back, t_video) and torch.equal(audio_back, t_audio)):
+        raise ValueError(
+            "latent frames of one segment must share one t (a cell of the grid has one noise "
+            "level); build per-frame t with expand_grid(timestep_grid) instead"
+        )
+    return timestep_grid
+
+
+class TokenLayout(NamedTuple):
+    """Where each transformer token sits: modality row, segment column, centre time (Chapter 6)."""
+
+    modality: Tensor  # [L] long, VIDEO or AUDIO
+    segment: Tensor  # [L] long, column of the timestep grid
+    seconds: Tensor  # [L] float, centre time of what the token covers
+
+
+def token_layout(geometry: Geometry = Geometry(), video_patch: int = 2, audio_patch: int = 1) -> TokenLayout:
+    """Layout of the tokens [video (frame, row, col) | audio (time)] that AVDiT sees (Chapter 6)."""
+    height, width = geometry.video_latent_hw
+    if video_patch < 1 or height % video_patch or width % video_patch:
+        raise ValueError(
+            f"video_patch={video_patch} must divide the video latent's {height}x{width} space; "
+            f"try one of {[p for p in range(1, min(height, width) + 1) if height % p == 0 == width % p]}"
+        )
+    audio_segment = audio_segment_of_latent_frame(geometry)
+    frames_per_segment = torch.bincount(audio_segment, minlength=geometry.segments).tolist()
+    if audio_patch < 1 or any(count % audio_patch for count in frames_per_segment):
+        raise ValueError(
+            f"audio_patch={audio_patch} must divide the audio latent frames of every segment "
+            f"{frames_per_segment}, so that no audio token straddles two segments"
+        )
+    tokens_per_frame = (height // video_patch) * (width // video_patch)
+    video_segment = video_segment_of_latent_frame(geometry).repeat_interleave(tokens_per_frame)  # [L_v]
+    video_seconds = video_latent_frame_times(geometry).repeat_interleave(tokens_per_frame)  # [L_v]
+    audio_seconds = audio_latent_frame_times(geometry).view(-1, audio_patch).mean(dim=1)  # [L_a]
+    audio_segment = audio_segment[::audio_patch]  # [L_a]
+    modality = torch.cat([torch.full_like(video_segment, VIDEO), torch.full_like(audio_segment, AUDIO)])
+    return TokenLayout(modality, torch.cat([video_segment, audio_segment]), torch.cat([video_seconds, audio_seconds]))
