@@ -181,3 +181,85 @@ def token_layout(geometry: Geometry = Geometry(), video_patch: int = 2, audio_pa
     audio_segment = audio_segment[::audio_patch]  # [L_a]
     modality = torch.cat([torch.full_like(video_segment, VIDEO), torch.full_like(audio_segment, AUDIO)])
     return TokenLayout(modality, torch.cat([video_segment, audio_segment]), torch.cat([video_seconds, audio_seconds]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoding a dataset once, and scaling latents to unit variance (chapters 2-3)
+# ----------------------------------------------------------------------------------------------
+class LatentScaler(torch.nn.Module):
+    """Per-channel affine scaling of both latents to zero mean and unit variance (chapters 2-3).
+
+    Diffusion assumes data of about unit variance (the noise has it); an autoencoder's latents
+    have whatever scale training left them with. The statistics are buffers, so they are stored
+    in the pipeline's checkpoint with the weights.
+    """
+
+    def __init__(self, video_channels: int = 8, audio_channels: int = 8):
+        super().__init__()
+        self.register_buffer("video_mean", torch.zeros(video_channels))
+        self.register_buffer("video_std", torch.ones(video_channels))
+        self.register_buffer("audio_mean", torch.zeros(audio_channels))
+        self.register_buffer("audio_std", torch.ones(audio_channels))
+
+    @torch.no_grad()
+    def fit(self, video_latents: Tensor, audio_latents: Tensor) -> "LatentScaler":
+        """Measure per-channel mean and std on [N, Cv, 5, h, w] and [N, Ca, 34] latents."""
+        video = video_latents.transpose(0, 1).flatten(1)  # [Cv, N*5*h*w]
+        audio = audio_latents.transpose(0, 1).flatten(1)  # [Ca, N*34]
+        self.video_mean.copy_(video.mean(1))
+        self.video_std.copy_(video.std(1).clamp_min(1e-4))
+        self.audio_mean.copy_(audio.mean(1))
+        self.audio_std.copy_(audio.std(1).clamp_min(1e-4))
+        return self
+
+    @staticmethod
+    def _shape(stat: Tensor, x: Tensor) -> Tensor:
+        return stat.reshape(1, -1, *([1] * (x.dim() - 2))).to(x.dtype)
+
+    def scale(self, video_latent: Tensor, audio_latent: Tensor) -> tuple[Tensor, Tensor]:
+        """Autoencoder latents -> unit-variance latents for diffusion."""
+        return ((video_latent - self._shape(self.video_mean, video_latent)) / self._shape(self.video_std, video_latent),
+                (audio_latent - self._shape(self.audio_mean, audio_latent)) / self._shape(self.audio_std, audio_latent))
+
+    def unscale(self, video_latent: Tensor, audio_latent: Tensor) -> tuple[Tensor, Tensor]:
+        """Unit-variance latents -> what the autoencoders' decoders expect."""
+        return (video_latent * self._shape(self.video_std, video_latent) + self._shape(self.video_mean, video_latent),
+                audio_latent * self._shape(self.audio_std, audio_latent) + self._shape(self.audio_mean, audio_latent))
+
+
+@torch.no_grad()
+def encode_dataset(video_ae, audio_ae, dataset, batch_size: int = 32, cache: str | None = None,
+                   progress: bool = True) -> dict[str, Tensor]:
+    """Encode every clip of ``dataset`` once: ``{"video": [N, Cv, 5, h, w], "audio": [N, Ca, 34]}``.
+
+    With ``cache`` (a .safetensors path) the latents are read from it when it exists and written
+    to it (atomically) otherwise. The cache name should say which autoencoders and clips made it.
+    """
+    import os
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    if cache is not None and Path(cache).exists():
+        return load_file(cache)
+    from torch.utils.data import DataLoader
+
+    from .data import collate
+
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+    if progress:
+        from tqdm.auto import tqdm
+
+        loader = tqdm(loader, desc="encoding clips", leave=False)
+    device = next(video_ae.parameters()).device
+    videos, audios = [], []
+    for batch in loader:
+        videos.append(video_ae.encode(batch["video"].to(device)).cpu())
+        audios.append(audio_ae.encode(batch["audio"].to(device)).cpu())
+    latents = {"video": torch.cat(videos), "audio": torch.cat(audios)}
+    if cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{cache}.tmp{os.getpid()}"
+        save_file({k: v.contiguous() for k, v in latents.items()}, tmp)
+        os.replace(tmp, cache)
+    return latents

@@ -185,3 +185,323 @@ def clip_browser(world, seeds: range | list[int], show_player: bool = True):
     slider.observe(draw, names="value")
     draw()
     return widgets.VBox([slider, out])
+
+
+# ----------------------------------------------------------------------------------------------
+# Chapters 4-6: timestep grids, noisy clips, tokens and attention
+# ----------------------------------------------------------------------------------------------
+ROW_NAMES = ("video", "audio")
+
+
+def grid_heatmap(ax, grid, T: int = 1000, title: str = "", labels=None, fontsize: float = 7,
+                 cmap: str = "magma_r", ticks: bool = True):
+    """One timestep grid [M, N] as a heat map: light = clean (t = 0), dark = pure noise (t = T) (Chapter 5).
+
+    ``labels`` ([M][N] strings) replaces the numbers written in the cells, e.g. "C" / "G" for tasks.
+    """
+    grid = np.asarray(torch.as_tensor(grid).detach().cpu(), dtype=float)  # [M, N]
+    ax.imshow(grid, cmap=cmap, vmin=0, vmax=T, aspect="equal")
+    for (m, n), value in np.ndenumerate(grid):
+        text = labels[m][n] if labels is not None else f"{value:.0f}"
+        ax.text(n, m, text, ha="center", va="center", fontsize=fontsize,
+                color="white" if value > 0.55 * T else "black")
+    ax.set_xticks(range(grid.shape[1]) if ticks else [])
+    ax.set_yticks(range(grid.shape[0]) if ticks else [])
+    if ticks:
+        ax.set_xticklabels([str(n) for n in range(grid.shape[1])], fontsize=6)
+        ax.set_yticklabels([name[0].upper() for name in ROW_NAMES[: grid.shape[0]]], fontsize=6)
+    ax.tick_params(length=0)
+    if title:
+        ax.set_title(title, fontsize=7.5)
+    return ax
+
+
+def timestep_grids_figure(grids, T: int = 1000, row_labels: list[str] | None = None,
+                          titles: list[list[str]] | None = None, suptitle: str = ""):
+    """Rows of timestep grids [R, K, M, N] (or [K, M, N]) as small heat maps (Chapter 5)."""
+    import matplotlib.pyplot as plt
+
+    grids = torch.as_tensor(grids)
+    if grids.dim() == 3:
+        grids = grids[None]
+    rows, columns = grids.shape[:2]
+    fig, axes = plt.subplots(rows, columns, figsize=(1.55 * columns + 0.9, 0.95 * rows + 0.4), squeeze=False)
+    for r in range(rows):
+        for k in range(columns):
+            grid_heatmap(axes[r, k], grids[r, k], T, title=titles[r][k] if titles else "", fontsize=5.5,
+                         ticks=k == 0)
+        if row_labels:
+            axes[r, 0].set_ylabel(row_labels[r], fontsize=8, rotation=0, ha="right", va="center", labelpad=8)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _segment_mel_edges(geometry: Geometry) -> list[float]:
+    """Segment boundaries in mel frames (Chapter 4)."""
+    from .latents import segment_bounds
+
+    bounds = segment_bounds(geometry)  # [N, 2] seconds
+    mel_rate = geometry.sample_rate / geometry.hop_length
+    return [float(b) * mel_rate for b in bounds[1:, 0]]
+
+
+def noisy_clips_figure(videos, log_mels, labels: list[str], grids=None, T: int = 1000,
+                       frames: tuple[int, ...] = (0, 4, 8, 12, 16), geometry: Geometry | None = None,
+                       mel_range: tuple[float, float] = (-1.2, 3.0), title: str = ""):
+    """One row per clip: [its timestep grid], frames (one per segment) and its log-mel spectrogram (Chapters 4-5).
+
+    videos [K, 3, F, H, W] in [0, 1]; log_mels [K, n_mels, frames] (normalised, as the audio
+    autoencoder decodes them); grids [K, M, N] or None.
+    """
+    import matplotlib.pyplot as plt
+
+    g = geometry or Geometry()
+    from .latents import segment_bounds
+
+    bounds = segment_bounds(g)
+    rows = len(labels)
+    lead = 1 if grids is not None else 0
+    widths = [2.2] * lead + [1.0] * len(frames) + [3.2]
+    fig = plt.figure(figsize=(sum(widths) * 1.05 + 0.6, 1.2 * rows + 0.5), constrained_layout=True)
+    layout = fig.add_gridspec(rows, len(widths), width_ratios=widths)
+    mel_edges = _segment_mel_edges(g)
+    for r in range(rows):
+        if grids is not None:
+            grid_heatmap(fig.add_subplot(layout[r, 0]), grids[r], T, fontsize=6)
+        for c, index in enumerate(frames):
+            ax = fig.add_subplot(layout[r, lead + c])
+            ax.imshow(_frame(videos[r], index), interpolation="nearest")
+            segment = int(np.searchsorted(bounds[:, 0].numpy(), index / g.fps + 1e-9, side="right") - 1)
+            for spine in ax.spines.values():
+                spine.set_edgecolor(SEGMENT_COLOURS[segment])
+                spine.set_linewidth(2)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"frame {index}\nseg {segment}", fontsize=6.5, color=SEGMENT_COLOURS[segment])
+            if c == 0:
+                ax.set_ylabel(labels[r], fontsize=7.5)
+        ax = fig.add_subplot(layout[r, -1])
+        ax.imshow(np.asarray(torch.as_tensor(log_mels[r]).detach().cpu()), origin="lower", aspect="auto",
+                  cmap="magma", vmin=mel_range[0], vmax=mel_range[1], interpolation="nearest")
+        for edge in mel_edges:
+            ax.axvline(edge - 0.5, color="white", lw=0.6, ls="--")
+        ax.set_yticks([])
+        ax.set_xticks([])
+        if r == 0:
+            ax.set_title("log-mel spectrogram (segments dashed)", fontsize=6.5)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def token_layout_figure(layout, geometry: Geometry | None = None, patch_grid: tuple[int, int] = (4, 4)):
+    """Where each AVDiT token sits: video tokens on their latent frame, audio tokens on the time axis,
+    every token coloured by its time segment, and the token count of each cell of the grid (Chapter 6)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from .latents import AUDIO, VIDEO, segment_bounds
+
+    g = geometry or Geometry()
+    modality, segment, seconds = (np.asarray(x) for x in layout)
+    rows, cols = patch_grid
+    video_index = np.nonzero(modality == VIDEO)[0]
+    audio_index = np.nonzero(modality == AUDIO)[0]
+    frames = len(video_index) // (rows * cols)
+    fig = plt.figure(figsize=(11, 4.4), constrained_layout=True)
+    spec = fig.add_gridspec(2, frames + 1, height_ratios=[1.15, 1.0], width_ratios=[1] * frames + [1.5])
+    for f in range(frames):
+        ax = fig.add_subplot(spec[0, f])
+        tokens = video_index[f * rows * cols:(f + 1) * rows * cols]
+        colour = SEGMENT_COLOURS[segment[tokens[0]]]
+        for k, token in enumerate(tokens):
+            r, c = divmod(k, cols)
+            ax.add_patch(Rectangle((c, r), 1, 1, facecolor=colour, alpha=0.35, edgecolor="white", lw=1.5))
+            ax.text(c + 0.5, r + 0.5, str(token), ha="center", va="center", fontsize=6.5)
+        ax.set_xlim(0, cols)
+        ax.set_ylim(rows, 0)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"video latent frame {f}\n(segment {segment[tokens[0]]}, {seconds[tokens[0]]:.3f} s)",
+                     fontsize=7, color=colour)
+    ax = fig.add_subplot(spec[0, frames])
+    counts = np.zeros((g.modalities, g.segments), dtype=int)
+    np.add.at(counts, (modality, segment), 1)
+    ax.imshow(np.ones_like(counts), cmap="Greys", vmin=0, vmax=4)
+    for (m, n), count in np.ndenumerate(counts):
+        ax.add_patch(Rectangle((n - 0.5, m - 0.5), 1, 1, facecolor=SEGMENT_COLOURS[n], alpha=0.35))
+        ax.text(n, m, str(count), ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(g.segments))
+    ax.set_yticks([0, 1])
+    ax.set_yticklabels(["video", "audio"], fontsize=7)
+    ax.tick_params(labelsize=7)
+    ax.set_title("tokens per cell of the\nM x N grid", fontsize=7.5)
+    ax = fig.add_subplot(spec[1, :])
+    bounds = segment_bounds(g).numpy()
+    for n, (lo, hi) in enumerate(bounds):
+        ax.axvspan(lo, hi, color=SEGMENT_COLOURS[n], alpha=0.12, lw=0)
+        ax.text((lo + hi) / 2, 2.25, f"segment {n}", ha="center", fontsize=7, color=SEGMENT_COLOURS[n])
+    step = g.hop_length * g.audio_time_down / g.sample_rate
+    for token in audio_index:
+        ax.add_patch(Rectangle((seconds[token] - step / 2, 0.1), step, 0.8, facecolor=SEGMENT_COLOURS[segment[token]],
+                               alpha=0.55, edgecolor="white", lw=0.8))
+        ax.text(seconds[token], 0.5, str(token), ha="center", va="center", fontsize=5, rotation=90)
+    for f, (lo, hi) in enumerate(bounds):  # one video latent frame per segment
+        tokens = video_index[f * rows * cols:(f + 1) * rows * cols]
+        ax.add_patch(Rectangle((lo, 1.2), hi - lo, 0.8, facecolor=SEGMENT_COLOURS[segment[tokens[0]]],
+                               alpha=0.55, edgecolor="white", lw=0.8))
+        ax.text((lo + hi) / 2, 1.6, f"tokens {tokens[0]}-{tokens[-1]}", ha="center", va="center", fontsize=6)
+    for token in range(len(seconds)):
+        ax.plot(seconds[token], 2.0 if modality[token] == VIDEO else 0.9, "k|", ms=4)
+    ax.set_xlim(0, g.duration)
+    ax.set_ylim(0, 2.5)
+    ax.set_yticks([0.5, 1.6])
+    ax.set_yticklabels(["audio", "video"], fontsize=7)
+    ax.set_xlabel("time (s); ticks = each token's time, the input of the sinusoidal position code", fontsize=7)
+    ax.tick_params(labelsize=7)
+    return fig
+
+
+def _token_blocks(layout, segments: int) -> list[tuple[str, int, int]]:
+    """Contiguous runs of tokens of one cell: (label, first, end) (Chapter 6)."""
+    modality, segment = np.asarray(layout[0]), np.asarray(layout[1])
+    blocks, start = [], 0
+    for i in range(1, len(modality) + 1):
+        if i == len(modality) or modality[i] != modality[start] or segment[i] != segment[start]:
+            blocks.append((f"{ROW_NAMES[modality[start]][0].upper()}{segment[start]}", start, i))
+            start = i
+    return blocks
+
+
+def token_matrix(ax, matrix, layout, segments: int = 5, title: str = "", cmap: str = "viridis", **imshow):
+    """An L x L matrix over tokens (attention, similarity) with modality and segment separators (Chapter 6)."""
+    matrix = np.asarray(torch.as_tensor(matrix).detach().float().cpu())
+    image = ax.imshow(matrix, cmap=cmap, interpolation="nearest", **imshow)
+    blocks = _token_blocks(layout, segments)
+    modality = np.asarray(layout[0])
+    video_end = int((modality == 0).sum())
+    for label, start, end in blocks[1:]:
+        width = 1.6 if start == video_end else 0.4
+        colour = "white" if start == video_end else "#dddddd"
+        ax.axhline(start - 0.5, color=colour, lw=width)
+        ax.axvline(start - 0.5, color=colour, lw=width)
+    centres = [(start + end - 1) / 2 for _, start, end in blocks]
+    names = [label for label, _, _ in blocks]
+    ax.set_xticks(centres)
+    ax.set_xticklabels(names, fontsize=5.5, rotation=90)
+    ax.set_yticks(centres)
+    ax.set_yticklabels(names, fontsize=5.5)
+    ax.tick_params(length=0)
+    if title:
+        ax.set_title(title, fontsize=8)
+    return image
+
+
+def cell_attention(weights, layout, segments: int = 5) -> np.ndarray:
+    """Attention mass [M*N, M*N] from each query cell to each key cell, relative to uniform attention (Chapter 6).
+
+    weights [L, L] (rows sum to 1). Entry (i, j) = mean over queries of cell i of the mass on keys of
+    cell j, divided by the share of keys in cell j (1 = what attention spread evenly would give).
+    """
+    weights = np.asarray(torch.as_tensor(weights).detach().float().cpu())
+    cell = np.asarray(layout[0]) * segments + np.asarray(layout[1])  # [L]
+    cells = segments * 2
+    keys = np.zeros((weights.shape[0], cells))
+    for j in range(cells):
+        keys[:, j] = weights[:, cell == j].sum(axis=1)
+    mass = np.stack([keys[cell == i].mean(axis=0) for i in range(cells)])  # [cells, cells]
+    share = np.bincount(cell, minlength=cells) / len(cell)
+    return mass / share
+
+
+def attention_figure(weights, layout, segments: int = 5, title: str = ""):
+    """An attention map [L, L] with separators, and the same map pooled to cells of the grid (Chapter 6)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm, TwoSlopeNorm
+
+    weights = torch.as_tensor(weights).detach().float().cpu()
+    fig, (ax_tokens, ax_cells) = plt.subplots(1, 2, figsize=(10.5, 4.6), width_ratios=[1.25, 1])
+    image = token_matrix(ax_tokens, weights, layout, segments, "token -> token (rows: queries, log colour)",
+                         norm=LogNorm(vmin=max(float(weights.min()), 1e-5), vmax=float(weights.max())))
+    fig.colorbar(image, ax=ax_tokens, fraction=0.046, pad=0.02)
+    relative = cell_attention(weights, layout, segments)
+    names = [f"{ROW_NAMES[m][0].upper()}{n}" for m in range(2) for n in range(segments)]
+    norm = TwoSlopeNorm(vcenter=1.0, vmin=min(relative.min(), 0.99), vmax=max(relative.max(), 1.01))
+    image = ax_cells.imshow(relative, cmap="RdBu_r", norm=norm)
+    for (i, j), value in np.ndenumerate(relative):
+        ax_cells.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=5.5)
+    ax_cells.axhline(segments - 0.5, color="k", lw=1)
+    ax_cells.axvline(segments - 0.5, color="k", lw=1)
+    ax_cells.set_xticks(range(2 * segments))
+    ax_cells.set_xticklabels(names, fontsize=6)
+    ax_cells.set_yticks(range(2 * segments))
+    ax_cells.set_yticklabels(names, fontsize=6)
+    ax_cells.set_title("cell -> cell, relative to uniform attention", fontsize=8)
+    fig.colorbar(image, ax=ax_cells, fraction=0.046, pad=0.02)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def figure_slider(render, options, description: str = "t", player=None):
+    """A slider over ``options`` that redraws ``render(value) -> Figure`` (and ``player(value) -> html``) (Chapter 4).
+
+    Filled with ``append_display_data`` (not ``with output:``), so it runs in kernels with no front end.
+    """
+    import ipywidgets as widgets
+    from IPython.display import HTML, Image
+
+    options = list(options)
+    slider = widgets.SelectionSlider(options=options, value=options[0], description=description,
+                                     continuous_update=False)
+    out = widgets.Output()
+
+    def draw(change=None):
+        out.outputs = ()
+        if player is not None:
+            out.append_display_data(HTML(player(slider.value)))
+        out.append_display_data(Image(figure_png(render(slider.value))))
+
+    slider.observe(draw, names="value")
+    draw()
+    return widgets.VBox([slider, out])
+
+
+def grid_painter(render, initial, T: int = 1000, step: int = 50, player=None):
+    """A 2 x N grid of sliders, one noise level per cell, redrawing ``render(grid [M, N]) -> Figure`` (Chapter 5).
+
+    ``player(grid) -> html`` optionally adds an inline player. Filled with ``append_display_data``.
+    """
+    import ipywidgets as widgets
+    from IPython.display import HTML, Image
+
+    initial = torch.as_tensor(initial).long()
+    rows, columns = initial.shape
+    sliders = [[widgets.IntSlider(value=int(initial[m, n]), min=0, max=T, step=step, orientation="vertical",
+                                  continuous_update=False, description=f"{ROW_NAMES[m][0].upper()}{n}",
+                                  layout=widgets.Layout(height="120px", width="70px"))
+                for n in range(columns)] for m in range(rows)]
+    out = widgets.Output()
+
+    def current() -> torch.Tensor:
+        return torch.tensor([[s.value for s in row] for row in sliders])  # [M, N]
+
+    def draw(change=None):
+        grid = current()
+        out.outputs = ()
+        if player is not None:
+            out.append_display_data(HTML(player(grid)))
+        out.append_display_data(Image(figure_png(render(grid))))
+
+    for row in sliders:
+        for slider in row:
+            slider.observe(draw, names="value")
+    draw()
+    controls = widgets.VBox([widgets.HBox([widgets.Label(ROW_NAMES[m], layout=widgets.Layout(width="50px"))] + row)
+                             for m, row in enumerate(sliders)])
+    return widgets.HBox([controls, out])

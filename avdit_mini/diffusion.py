@@ -1,0 +1,241 @@
+"""Diffusion over a timestep grid: noising, the masked loss, DDIM/DDPM samplers, guidance (chapters 7-8).
+
+Everything here takes *any* model with the AVDiT signature
+``model(video_latent [B, Cv, 5, h, w], audio_latent [B, Ca, 34], timestep_grid [B, M, N])
+-> (video_output, audio_output)``, and a timestep *grid*: each cell (modality, time segment)
+has its own noise level, and each latent frame takes the level of its cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .config import Geometry
+from .latents import VIDEO, expand_grid
+from .schedules import NoiseSchedule
+
+PREDICTIONS = ("epsilon", "v")
+SAMPLERS = ("ddim", "ddpm")
+
+
+@dataclass
+class Latents:
+    """A pair of latents that travel together: video [B, Cv, 5, h, w] and audio [B, Ca, 34]."""
+
+    video: Tensor
+    audio: Tensor
+
+    def pairs(self, other: "Latents") -> list[tuple[Tensor, Tensor]]:
+        return [(self.video, other.video), (self.audio, other.audio)]
+
+
+def _frame_mask(frames: Tensor, x: Tensor) -> Tensor:
+    """A per-frame boolean [B, F] shaped to broadcast against latent x [B, C, F, ...]."""
+    return frames.reshape(x.shape[0], 1, x.shape[2], *([1] * (x.dim() - 3)))
+
+
+class GridDiffusion:
+    """The forward process, the loss and the samplers, all indexed by a timestep grid (chapter 7)."""
+
+    def __init__(self, schedule: NoiseSchedule | None = None, geometry: Geometry | None = None,
+                 prediction: str = "epsilon"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}")
+        self.schedule = schedule or NoiseSchedule("cosine", 1000)
+        self.geometry = geometry or Geometry()
+        self.prediction = prediction
+        self.T = self.schedule.T
+
+    # -- the forward process -------------------------------------------------------------------
+    def frame_steps(self, timestep_grid: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-latent-frame steps: (t_video [B, 5], t_audio [B, 34]) from the grid [B, M, N]."""
+        return expand_grid(timestep_grid, self.geometry)
+
+    def q_sample(self, clean: Latents, timestep_grid: Tensor, noise: Latents) -> Latents:
+        """Noise every latent frame to the level of its cell (t = 0 leaves it clean)."""
+        t_video, t_audio = self.frame_steps(timestep_grid)
+        return Latents(
+            self.schedule.q_sample(clean.video, t_video, noise.video, time_dim=2),
+            self.schedule.q_sample(clean.audio, t_audio, noise.audio, time_dim=2),
+        )
+
+    def _coef(self, t_frames: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        alpha_bar = self.schedule.alpha_bar.to(x.device)[t_frames]  # [B, F]
+        shape = [x.shape[0], 1, x.shape[2]] + [1] * (x.dim() - 3)
+        alpha_bar = alpha_bar.reshape(shape).to(x.dtype)
+        return alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+
+    def target(self, clean: Tensor, noise: Tensor, t_frames: Tensor) -> Tensor:
+        """What the network learns to output: epsilon, or v = sqrt(ab) eps - sqrt(1 - ab) x0."""
+        if self.prediction == "epsilon":
+            return noise
+        signal, sigma = self._coef(t_frames, clean)
+        return signal * noise - sigma * clean
+
+    def to_eps_x0(self, output: Tensor, x_t: Tensor, t_frames: Tensor) -> tuple[Tensor, Tensor]:
+        """The network's output as (epsilon, x0) estimates."""
+        signal, sigma = self._coef(t_frames, x_t)
+        if self.prediction == "epsilon":
+            eps = output
+            x0 = (x_t - sigma * eps) / signal
+        else:
+            x0 = signal * x_t - sigma * output
+            eps = sigma * x_t + signal * output
+        return eps, x0
+
+    # -- the loss ------------------------------------------------------------------------------
+    def loss(self, model, clean: Latents, timestep_grid: Tensor, generator: torch.Generator | None = None,
+             ) -> tuple[Tensor, Tensor]:
+        """The MoNL loss: MSE on epsilon (or v) over the latent frames whose cell has t > 0.
+
+        Each modality's error is averaged over its own noised elements and the two are added,
+        so the 10x larger video latent does not drown the audio. Returns (loss, per-cell loss
+        [B, M, N], NaN on t = 0 cells) -- the second is what chapter 7 plots per strategy and t.
+        """
+        noise = Latents(torch.randn(clean.video.shape, generator=generator, device=clean.video.device),
+                        torch.randn(clean.audio.shape, generator=generator, device=clean.audio.device))
+        noisy = self.q_sample(clean, timestep_grid, noise)
+        output = model(noisy.video, noisy.audio, timestep_grid)
+        t_video, t_audio = self.frame_steps(timestep_grid)
+        total = clean.video.new_zeros(())
+        per_cell = torch.full(timestep_grid.shape, float("nan"), device=clean.video.device)
+        for row, (out, x0, eps, t_frames) in enumerate(
+            [(output[0], clean.video, noise.video, t_video), (output[1], clean.audio, noise.audio, t_audio)]
+        ):
+            error = (out.float() - self.target(x0, eps, t_frames).float()) ** 2
+            frame_error = error.mean(dim=[d for d in range(error.dim()) if d not in (0, 2)])  # [B, F]
+            noised = (t_frames > 0).float()  # [B, F]
+            total = total + (frame_error * noised).sum() / noised.sum().clamp_min(1.0)
+            segment = (self.frame_segments(row)).to(frame_error.device)  # [F]
+            for n in range(timestep_grid.shape[2]):
+                in_cell = segment == n
+                cell = frame_error[:, in_cell].mean(dim=1)  # [B]
+                per_cell[:, row, n] = torch.where(timestep_grid[:, row, n] > 0, cell.detach(), per_cell[:, row, n])
+        return total, per_cell
+
+    def frame_segments(self, row: int) -> Tensor:
+        """The segment of each latent frame of modality ``row``."""
+        from .latents import audio_segment_of_latent_frame, video_segment_of_latent_frame
+
+        return (video_segment_of_latent_frame if row == VIDEO else audio_segment_of_latent_frame)(self.geometry)
+
+    # -- sampling ------------------------------------------------------------------------------
+    def step_sequence(self, steps: int) -> list[int]:
+        """The decreasing steps T = tau_0 > ... > tau_S = 0 that a sampler visits."""
+        if not 1 <= steps <= self.T:
+            raise ValueError(f"steps must be in 1..{self.T}, got {steps}")
+        return torch.linspace(self.T, 0, steps + 1).round().long().tolist()
+
+    def _model_eps(self, model, x: Latents, timestep_grid: Tensor) -> tuple[Latents, Latents]:
+        out_v, out_a = model(x.video, x.audio, timestep_grid)
+        t_video, t_audio = self.frame_steps(timestep_grid)
+        eps_v, x0_v = self.to_eps_x0(out_v.float(), x.video, t_video)
+        eps_a, x0_a = self.to_eps_x0(out_a.float(), x.audio, t_audio)
+        return Latents(eps_v, eps_a), Latents(x0_v, x0_a)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model,
+        condition_mask: Tensor,
+        condition: Latents | None = None,
+        batch_size: int | None = None,
+        steps: int = 50,
+        sampler: str = "ddim",
+        eta: float = 0.0,
+        guidance: float = 1.0,
+        guidance_drop: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        clip_x0: float | None = 6.0,
+        latent_shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+    ) -> Latents:
+        """Generate the target cells of ``condition_mask`` [M, N] (True = condition) (chapter 8).
+
+        Condition cells hold their clean latent at t = 0 at every step and come out bit-identical.
+        Target cells go from T to 0 with DDIM (``eta`` = 0 is deterministic) or DDPM (ancestral,
+        ``eta`` = 1). With ``guidance`` w != 1 the prediction is eps_u + w (eps_c - eps_u), where
+        the unconditional branch puts the ``guidance_drop`` cells (default: every condition cell)
+        at t = T with fresh noise -- MoNL needs no extra training for this. ``clip_x0`` clamps
+        the x0 estimate (latents have unit variance) so that the first steps, where alpha_bar is
+        1e-5, cannot blow up.
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+        eta = 1.0 if sampler == "ddpm" else eta
+        mask = condition_mask.bool()
+        if condition is None:
+            if mask.any():
+                raise ValueError("the pattern has condition cells but no condition latents were given")
+            if batch_size is None or latent_shapes is None:
+                raise ValueError("pass batch_size and latent_shapes when nothing is conditioned")
+            device = next(iter(model.parameters())).device if hasattr(model, "parameters") else "cpu"
+            condition = Latents(torch.zeros(batch_size, *latent_shapes[0], device=device),
+                                torch.zeros(batch_size, *latent_shapes[1], device=device))
+        batch, device = condition.video.shape[0], condition.video.device
+        drop = mask if guidance_drop is None else (guidance_drop.bool() & mask)
+        target_grid = (~mask).long()[None].expand(batch, -1, -1)  # [B, M, N]: 1 on targets, 0 on conditions
+        is_target = Latents(*self.frame_steps(target_grid)).pairs(condition)
+        is_target = Latents(*[_frame_mask(t > 0, x) for t, x in is_target])  # broadcastable [B, 1, F, ...]
+
+        def randn(shape):
+            return torch.randn(shape, generator=generator, device=device)
+
+        # targets start as pure noise (t = T), conditions as their clean latents (t = 0)
+        x = Latents(*[torch.where(target, randn(c.shape), c) for target, c in is_target.pairs(condition)])
+        sequence = self.step_sequence(steps)
+        iterator = range(len(sequence) - 1)
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(iterator, desc=f"{sampler} {steps} steps", leave=False)
+        for i in iterator:
+            t_now, t_next = sequence[i], sequence[i + 1]
+            grid = target_grid * t_now  # targets at t_now, conditions at 0: [B, M, N]
+            eps, x0 = self._model_eps(model, x, grid)
+            if guidance != 1.0 and drop.any():
+                eps, x0 = self._guide(model, x, grid, eps, condition, drop, is_target, guidance, t_now, randn)
+            if clip_x0 is not None:
+                eps, x0 = self._clip(x, x0, t_now, clip_x0)
+            x = Latents(*[self._update(xt, x0_, e, t_now, t_next, eta, target, randn)
+                          for xt, x0_, e, target in zip((x.video, x.audio), (x0.video, x0.audio),
+                                                        (eps.video, eps.audio), (is_target.video, is_target.audio))])
+        return x
+
+    def _guide(self, model, x: Latents, grid: Tensor, eps: Latents, condition: Latents, drop: Tensor,
+               is_target: Latents, guidance: float, t_now: int, randn) -> tuple[Latents, Latents]:
+        """Guidance with MoNL: the unconditional branch puts the dropped condition cells at t = T."""
+        grid_u = torch.where(drop[None], torch.full_like(grid, self.T), grid)  # [B, M, N]
+        inputs = []
+        for t_frames, xt, c, target in zip(self.frame_steps(grid_u), (x.video, x.audio),
+                                           (condition.video, condition.audio), (is_target.video, is_target.audio)):
+            dropped = _frame_mask(t_frames == self.T, xt) & ~target
+            inputs.append(torch.where(dropped, self.schedule.q_sample(c, t_frames, randn(c.shape), time_dim=2), xt))
+        eps_u, _ = self._model_eps(model, Latents(*inputs), grid_u)
+        guided = Latents(eps_u.video + guidance * (eps.video - eps_u.video),
+                         eps_u.audio + guidance * (eps.audio - eps_u.audio))
+        ab = self.schedule.alpha_bar[t_now]
+        x0 = Latents(*[(xt - (1 - ab).sqrt() * e) / ab.sqrt() for xt, e in x.pairs(guided)])
+        return guided, x0
+
+    def _clip(self, x: Latents, x0: Latents, t_now: int, limit: float) -> tuple[Latents, Latents]:
+        """Clamp the x0 estimate and recompute the epsilon that agrees with it."""
+        ab = self.schedule.alpha_bar[t_now]
+        x0 = Latents(x0.video.clamp(-limit, limit), x0.audio.clamp(-limit, limit))
+        eps = Latents(*[(xt - ab.sqrt() * x0_) / (1 - ab).sqrt() for xt, x0_ in x.pairs(x0)])
+        return eps, x0
+
+    def _update(self, x_t: Tensor, x0: Tensor, eps: Tensor, t_now: int, t_next: int, eta: float, is_target: Tensor,
+                randn) -> Tensor:
+        """One DDIM step (Song et al. eq. 12) on the target frames; condition frames are kept."""
+        alpha_bar = self.schedule.alpha_bar
+        ab_now, ab_next = float(alpha_bar[t_now]), float(alpha_bar[t_next])
+        sigma = eta * ((1 - ab_next) / (1 - ab_now) * (1 - ab_now / ab_next)) ** 0.5 if t_next > 0 else 0.0
+        direction = max(1 - ab_next - sigma**2, 0.0) ** 0.5
+        x_next = ab_next**0.5 * x0 + direction * eps
+        if sigma > 0:
+            x_next = x_next + sigma * randn(x_t.shape)
+        return torch.where(is_target, x_next, x_t)

@@ -1,0 +1,119 @@
+"""The audiovisual pipeline: two autoencoders + latent scaling + an AVDiT + its diffusion (chapter 8).
+
+``load_pipeline("monl")`` loads the shipped model from ``data/checkpoints``. A pipeline turns
+clips into unit-variance latents (``encode``), latents back into clips (``decode``) and holds the
+:class:`~avdit_mini.diffusion.GridDiffusion` that samples over a timestep grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .audio_ae import AudioAEConfig, AudioAutoencoder
+from .avdit import AVDiT, AVDiTConfig
+from .checkpoints import load_checkpoint, save_checkpoint
+from .config import Geometry
+from .diffusion import GridDiffusion, Latents
+from .latents import LatentScaler
+from .schedules import NoiseSchedule
+from .video_ae import VideoAEConfig, VideoAutoencoder
+
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
+
+
+def _dataclass_from_dict(cls, values: dict):
+    """Rebuild a (frozen) config dataclass from its JSON form: lists back to tuples."""
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})
+
+
+def load_autoencoder(modality: str, folder: str | Path = CHECKPOINTS) -> nn.Module:
+    """The shipped (or your own) video or audio autoencoder, in eval mode (chapters 2-3)."""
+    if modality not in ("video", "audio"):
+        raise ValueError(f"modality must be 'video' or 'audio', got {modality!r}")
+    stem = Path(folder) / f"{modality}_ae"
+    state, meta = load_checkpoint(stem, train_hint=f"python -m avdit_mini.train autoencoder --modality {modality}")
+    config = meta["config"]
+    geometry = _dataclass_from_dict(Geometry, config["geometry"])
+    if modality == "video":
+        model = VideoAutoencoder(_dataclass_from_dict(VideoAEConfig, config["model"]), geometry)
+    else:
+        model = AudioAutoencoder(_dataclass_from_dict(AudioAEConfig, config["model"]), geometry)
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.eval().requires_grad_(False)
+
+
+class AVPipeline(nn.Module):
+    """Autoencoders + latent scaler + AVDiT + grid diffusion: clips in, clips out (chapter 8)."""
+
+    def __init__(self, video_ae: nn.Module, audio_ae: nn.Module, avdit: AVDiT, scaler: LatentScaler,
+                 schedule: str = "cosine", prediction: str = "epsilon"):
+        super().__init__()
+        self.video_ae, self.audio_ae, self.avdit, self.scaler = video_ae, audio_ae, avdit, scaler
+        self.geometry: Geometry = avdit.config.geometry
+        self.diffusion = GridDiffusion(NoiseSchedule(schedule, avdit.config.T), self.geometry, prediction)
+        self.schedule_kind = schedule
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.avdit.parameters()).device
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor, audio: torch.Tensor) -> Latents:
+        """Clips [B, 3, 17, 64, 64] and [B, 34000] -> unit-variance latents."""
+        video_latent = self.video_ae.encode(video.to(self.device))
+        audio_latent = self.audio_ae.encode(audio.to(self.device))
+        return Latents(*self.scaler.scale(video_latent, audio_latent))
+
+    @torch.no_grad()
+    def decode(self, latents: Latents, audio: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Unit-variance latents -> video [B, 3, 17, 64, 64] in [0, 1] and audio [B, 34000]."""
+        video_latent, audio_latent = self.scaler.unscale(latents.video, latents.audio)
+        video = self.video_ae.decode(video_latent).clamp(0, 1)
+        if not audio:
+            return video, None
+        log_mel = self.audio_ae.decode(audio_latent)
+        return video, self.audio_ae.mel_to_audio(log_mel).clamp(-1, 1)
+
+    def config_dict(self) -> dict:
+        return {"avdit": asdict(self.avdit.config), "schedule": self.schedule_kind,
+                "prediction": self.diffusion.prediction}
+
+
+def save_pipeline(pipeline: AVPipeline, stem: str | Path, extra: dict | None = None,
+                  half: bool = True) -> dict[str, Path]:
+    """Save the AVDiT and the latent scaler (the autoencoders are saved on their own).
+
+    ``half`` stores weights as float16 (they load back as float32), halving the shipped size.
+    """
+    state = {f"avdit.{k}": v for k, v in pipeline.avdit.state_dict().items()}
+    state.update({f"scaler.{k}": v for k, v in pipeline.scaler.state_dict().items()})
+    if half:
+        state = {k: (v.half() if v.is_floating_point() and k.startswith("avdit.") else v) for k, v in state.items()}
+    return save_checkpoint(stem, state, pipeline.config_dict(), extra)
+
+
+def _avdit_config(values: dict) -> AVDiTConfig:
+    values = dict(values)
+    values["geometry"] = _dataclass_from_dict(Geometry, values["geometry"])
+    return _dataclass_from_dict(AVDiTConfig, values)
+
+
+def load_pipeline(name: str = "monl", folder: str | Path = CHECKPOINTS, device: str | torch.device = "cpu",
+                  ) -> AVPipeline:
+    """The pipeline ``<folder>/avdit_<name>`` with the autoencoders of ``folder`` (chapter 8)."""
+    stem = Path(folder) / f"avdit_{name}"
+    state, meta = load_checkpoint(stem, train_hint=f"python -m avdit_mini.train avdit --strategy {name}")
+    config = meta["config"]
+    avdit = AVDiT(_avdit_config(config["avdit"]))
+    avdit.load_state_dict({k[len("avdit."):]: v.float() for k, v in state.items() if k.startswith("avdit.")})
+    scaler = LatentScaler(avdit.config.video_channels, avdit.config.audio_channels)
+    scaler.load_state_dict({k[len("scaler."):]: v.float() for k, v in state.items() if k.startswith("scaler.")})
+    pipeline = AVPipeline(load_autoencoder("video", folder), load_autoencoder("audio", folder), avdit.eval(),
+                          scaler, config.get("schedule", "cosine"), config.get("prediction", "epsilon"))
+    pipeline.meta = meta
+    return pipeline.to(device).eval()

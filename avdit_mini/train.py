@@ -1,0 +1,510 @@
+"""Training loops and the command line: ``python -m avdit_mini.train SUBCOMMAND ...`` (chapters 2-3, 7).
+
+    python -m avdit_mini.train autoencoder --modality video --profile cpu --steps 3000 \\
+        --out data/checkpoints/video_ae --max-minutes 55 --threads 1
+
+Every subcommand is one function (``run_autoencoder``); the pieces they share -- the clip
+loader, the optimiser and its warm-up + cosine schedule, the checkpoint timer and the exact
+resume -- are small helpers below. Clips are generated on the fly from the world's ``train``
+split; metrics at the end use the disjoint ``val`` split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from . import checkpoints, probes
+from .audio_ae import AudioAEConfig, AudioAutoencoder
+from .config import Geometry, get_profile
+from .data import WorldDataset, collate
+from .video_ae import TINY_VIDEO_CONFIG, VideoAEConfig, VideoAutoencoder, psnr, reconstruction_loss
+
+TINY_AUDIO_CONFIG = AudioAEConfig(channels=(16, 16, 16), blocks=1, groups=4, griffin_lim_iters=4)
+TRAIN_CLIPS = 10_000_000  # seeds of the train split drawn from: practically every clip is new
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared helpers
+# ----------------------------------------------------------------------------------------------
+class StepSampler(Sampler[int]):
+    """Clip indices in step order: batch ``s`` holds clips ``s * B .. s * B + B - 1`` (mod ``n``).
+
+    The data a step sees depends on the step alone, so a resumed run sees the same clips.
+    """
+
+    def __init__(self, start_step: int, total_steps: int, batch_size: int, n_clips: int):
+        self.start, self.stop, self.n = start_step * batch_size, total_steps * batch_size, n_clips
+
+    def __iter__(self) -> Iterator[int]:
+        return (i % self.n for i in range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+
+def clip_loader(start_step: int, total_steps: int, batch_size: int, n_clips: int = TRAIN_CLIPS,
+                split: str = "train") -> DataLoader:
+    """Batches of world clips generated on the fly, deterministic in the step."""
+    dataset = WorldDataset(n_clips, split)
+    sampler = StepSampler(start_step, total_steps, batch_size, n_clips)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=0)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int,
+                  final_fraction: float = 0.05) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up for ``warmup`` steps, then cosine decay to ``final_fraction`` of the peak."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class CheckpointTimer:
+    """True every ``seconds`` of wall-clock time (and never twice in one step)."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.last = seconds, time.monotonic()
+
+    def due(self) -> bool:
+        if time.monotonic() - self.last >= self.seconds:
+            self.last = time.monotonic()
+            return True
+        return False
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that is running, as one could paste it (for the MANIFEST)."""
+    argv = sys.argv[1:] if argv is None else argv
+    return "python -m avdit_mini.train " + " ".join(shlex.quote(a) for a in argv)
+
+
+def save_all(stem: Path, model: nn.Module, config: dict, optimizer: torch.optim.Optimizer,
+             scheduler, step: int, loss_log: list, extra: dict | None = None) -> None:
+    """Weights + json (with the loss log) + training state, each written atomically."""
+    checkpoints.save_checkpoint(stem, model.state_dict(), config, {"step": step, "loss_log": loss_log, **(extra or {})})
+    checkpoints.save_training_state(stem, optimizer, step, loss_log, scheduler)
+
+
+def log(message: str) -> None:
+    """A timestamped line that does not break the progress bar."""
+    tqdm.write(f"[{time.strftime('%H:%M:%S')}] {message}")
+    sys.stdout.flush()
+
+
+# ----------------------------------------------------------------------------------------------
+# Autoencoders (chapters 2-3)
+# ----------------------------------------------------------------------------------------------
+def build_autoencoder(modality: str, tiny: bool = False) -> tuple[nn.Module, dict]:
+    """The model and the config dict its checkpoint stores (what ``load_checkpoint`` compares)."""
+    if modality == "video":
+        model_config = TINY_VIDEO_CONFIG if tiny else VideoAEConfig()
+        model = VideoAutoencoder(model_config)
+    elif modality == "audio":
+        model_config = TINY_AUDIO_CONFIG if tiny else AudioAEConfig()
+        model = AudioAutoencoder(model_config)
+    else:
+        raise ValueError(f"unknown modality {modality!r}; choose video or audio")
+    config = {"kind": f"{modality}_ae", "model": model_config.to_dict(), "geometry": asdict(Geometry())}
+    return model, config
+
+
+def autoencoder_loss(model: nn.Module, modality: str, batch: dict) -> dict[str, torch.Tensor]:
+    """Video: object-weighted MSE + L1 on pixels. Audio: L1 + MSE on normalised log-mel."""
+    if modality == "video":
+        return reconstruction_loss(model(batch["video"]), batch["video"])
+    target = model.log_mel(batch["audio"])  # [B, 64, 136]
+    error = model.decode(model.encode_mel(target)) - target
+    l1, mse = error.abs().mean(), error.square().mean()
+    return {"loss": l1 + mse, "l1": l1.detach(), "mse": mse.detach()}
+
+
+def val_batches(n_clips: int, batch_size: int) -> Iterator[dict]:
+    """Held-out clips from the ``val`` split, in batches."""
+    dataset = WorldDataset(n_clips, "val")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=0)
+    yield from loader
+
+
+@torch.no_grad()
+def quick_eval(model: nn.Module, modality: str, n_clips: int = 8) -> dict:
+    """A cheap number for the log at each checkpoint: val PSNR (video) or log-mel L1 (audio)."""
+    model.eval()
+    batch = next(val_batches(n_clips, n_clips))
+    if modality == "video":
+        result = {"val_psnr": float(psnr(model.decode(model.encode(batch["video"])), batch["video"]).mean())}
+    else:
+        target = model.log_mel(batch["audio"])
+        result = {"val_log_mel_l1": float((model(batch["audio"]) - target).abs().mean())}
+    model.train()
+    return result
+
+
+@torch.no_grad()
+def evaluate_autoencoder(model: nn.Module, modality: str, n_clips: int, batch_size: int = 8) -> dict:
+    """Reconstruction metrics on ``n_clips`` val clips, and the probes on reconstructions.
+
+    The probes' accuracy is measured twice -- on the originals and on clips whose video (or
+    audio) is replaced by its reconstruction -- so the drop is what the autoencoder costs.
+    """
+    model.eval()
+    originals, reconstructed, scores = [], [], []
+    for batch in val_batches(n_clips, batch_size):
+        if modality == "video":
+            recon = model.decode(model.encode(batch["video"]))
+            scores += psnr(recon, batch["video"]).tolist()
+        else:
+            target = model.log_mel(batch["audio"])
+            log_mel = model(batch["audio"])
+            scores += (log_mel - target).abs().flatten(1).mean(dim=1).tolist()
+            recon = model.mel_to_audio(log_mel)
+        for i, factors in enumerate(batch["factors"]):
+            original = {"video": batch["video"][i], "audio": batch["audio"][i], "factors": factors}
+            originals.append(original)
+            reconstructed.append({**original, modality: recon[i]})
+    model.train()
+    metric = "psnr_db" if modality == "video" else "log_mel_l1"
+    prefix = "video_" if modality == "video" else ("audio_", "onset_")
+    keep = lambda result: {k: v for k, v in result.items() if k.startswith(prefix)}  # noqa: E731
+    return {
+        "val_clips": n_clips,
+        metric: float(np.mean(scores)),
+        "probes_original": keep(probes.benchmark(originals)),
+        "probes_reconstructed": keep(probes.benchmark(reconstructed)),
+    }
+
+
+def run_autoencoder(args: argparse.Namespace) -> dict:
+    """``python -m avdit_mini.train autoencoder``: train (or resume) one autoencoder; returns its metrics."""
+    torch.set_num_threads(args.threads)
+    profile = get_profile(args.profile)
+    steps = args.steps or profile.ae_steps
+    batch_size = args.batch_size or profile.batch_size
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    model, config = build_autoencoder(args.modality, args.tiny)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    scheduler = warmup_cosine(optimizer, steps, args.warmup)
+    stem, step, loss_log = Path(args.out), 0, []
+    if args.resume:
+        weights, _ = checkpoints.load_checkpoint(stem, config, train_hint=command_line(args.argv).replace(" --resume", ""))
+        model.load_state_dict(weights)
+        state = checkpoints.load_training_state(stem, optimizer, scheduler)
+        step, loss_log = state["step"], state["loss_log"]
+        log(f"resumed {stem} at step {step}")
+    parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"{args.modality} autoencoder: {parameters:,} parameters, {steps} steps of {batch_size} clips, "
+        f"{args.threads} threads, profile {profile.name}")
+    step, loss_log = train_loop(model, args, optimizer, scheduler, stem, config, step, steps, batch_size, loss_log)
+    metrics = evaluate_autoencoder(model, args.modality, args.eval_clips) if args.eval_clips else {}
+    log(f"metrics: {metrics}")
+    extra = {"metrics": metrics, "command": command_line(args.argv), "parameters": parameters, "batch_size": batch_size}
+    save_all(stem, model, config, optimizer, scheduler, step, loss_log, extra)
+    if not args.no_manifest:
+        files = [checkpoints.checkpoint_paths(stem)[k] for k in ("weights", "meta")]
+        checkpoints.update_manifest(stem.parent, stem.name, files, command_line(args.argv), metrics, config)
+    return metrics
+
+
+def train_loop(model: nn.Module, args: argparse.Namespace, optimizer, scheduler, stem: Path, config: dict,
+               step: int, steps: int, batch_size: int, loss_log: list) -> tuple[int, list]:
+    """The optimisation loop with the checkpoint timer and the wall-clock budget."""
+    timer, started, first_step = CheckpointTimer(args.save_every_seconds), time.monotonic(), step
+    deadline = started + 60 * args.max_minutes if args.max_minutes else math.inf
+    model.train()
+    bar = tqdm(clip_loader(step, steps, batch_size), total=steps, initial=step, desc=f"{args.modality} AE",
+               mininterval=5.0, file=sys.stdout)
+    for batch in bar:
+        losses = autoencoder_loss(model, args.modality, batch)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        loss_log.append(round(float(losses["loss"].detach()), 6))
+        bar.set_postfix(loss=f"{np.mean(loss_log[-20:]):.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}", refresh=False)
+        out_of_time = time.monotonic() >= deadline
+        if timer.due() or out_of_time or (args.stop_after and step >= args.stop_after):
+            save_all(stem, model, config, optimizer, scheduler, step, loss_log)
+            log(f"step {step}: loss {np.mean(loss_log[-50:]):.5f} {quick_eval(model, args.modality)} "
+                f"({(step - first_step) / max(time.monotonic() - started, 1e-9):.2f} steps/s this run) -> {stem}")
+        if out_of_time:
+            log(f"--max-minutes {args.max_minutes} reached at step {step}/{steps}: stopping")
+            break
+        if args.stop_after and step >= args.stop_after:
+            break
+    bar.close()
+    return step, loss_log
+
+
+# ----------------------------------------------------------------------------------------------
+# AVDiT with MoNL (chapter 7)
+# ----------------------------------------------------------------------------------------------
+def latent_cache_name(n_clips: int, folder: Path) -> Path:
+    """Where the encoded training latents live: named by the autoencoders' checkpoints and size."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("video_ae", "audio_ae"):
+        digest.update((folder / f"{name}.safetensors").read_bytes())
+    return Path("data/latents") / f"train_{n_clips}_{digest.hexdigest()[:12]}.safetensors"
+
+
+def training_latents(n_clips: int, folder: Path, batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """Encode ``n_clips`` train clips with the shipped autoencoders, once (cached on disk)."""
+    from .latents import encode_dataset
+    from .pipeline import load_autoencoder
+
+    video_ae, audio_ae = load_autoencoder("video", folder), load_autoencoder("audio", folder)
+    return encode_dataset(video_ae, audio_ae, WorldDataset(n_clips, "train"), batch_size,
+                          cache=str(latent_cache_name(n_clips, folder)))
+
+
+def timestep_grids(strategy: str, batch_size: int, generator: torch.Generator, T: int,
+                   weights: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The grids of one batch and the strategy index of each example (-1 for a conditional task).
+
+    ``strategy`` is a MoNL strategy (``monl``, ``vanilla``, ...) or ``conditional:<task>``: the
+    task-specific baseline, with the task's condition cells at t = 0 and one shared t elsewhere.
+    """
+    from .monl import STRATEGIES, conditional_grid, sample_timestep_grid
+    from .tasks import resolve_task
+
+    if strategy.startswith("conditional:"):
+        mask = resolve_task(strategy.split(":", 1)[1])
+        return conditional_grid(batch_size, mask, T, generator), torch.full((batch_size,), -1)
+    if strategy == "monl":
+        return sample_timestep_grid(batch_size, "monl", T=T, weights=weights, generator=generator, return_strategy=True)
+    grid = sample_timestep_grid(batch_size, strategy, T=T, generator=generator)
+    return grid, torch.full((batch_size,), STRATEGIES.index(strategy))
+
+
+class EMA:
+    """Exponential moving average of a model's weights (the weights we ship and sample with)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        import copy
+
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))  # warm-up: early averages forget faster
+        for ema_p, p in zip(self.model.parameters(), model.parameters()):
+            ema_p.lerp_(p.detach(), 1 - decay)
+
+
+def avdit_step_batch(latents: dict[str, torch.Tensor], args, step: int, rank: int, world: int):
+    """The batch of ``step`` on ``rank``: indices, grids and a noise generator, all from the step.
+
+    Everything random is drawn from a generator seeded by (seed, step, rank), so a resumed run
+    sees exactly the batches, grids and noise of an uninterrupted one.
+    """
+    generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 1009 + rank)
+    per_rank = args.batch_size // world
+    index = torch.randint(0, latents["video"].shape[0], (per_rank,), generator=generator)
+    grid, strategy = timestep_grids(args.strategy, per_rank, generator, args.T, args.weights)
+    return index, grid, strategy, generator
+
+
+def run_avdit(args: argparse.Namespace) -> dict:
+    """``python -m avdit_mini.train avdit``: train an AVDiT on cached latents with a MoNL strategy."""
+    import os
+
+    import torch.distributed as dist
+
+    from .avdit import AVDiT, AVDiTConfig, num_parameters
+    from .diffusion import GridDiffusion, Latents
+    from .latents import LatentScaler
+    from .pipeline import AVPipeline, load_autoencoder, save_pipeline
+    from .schedules import NoiseSchedule
+
+    profile = get_profile(args.profile)
+    args.steps = args.steps or profile.avdit_steps
+    args.batch_size = args.batch_size or profile.batch_size
+    args.preset = args.preset or profile.avdit_preset
+    args.clips = args.clips or profile.train_clips
+    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    if distributed:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.batch_size % world:
+        raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
+    folder = Path(args.autoencoders)
+    if args.latents:
+        from safetensors.torch import load_file
+
+        raw = load_file(args.latents)
+    else:
+        raw = training_latents(args.clips, folder)
+    scaler = LatentScaler(raw["video"].shape[1], raw["audio"].shape[1]).fit(raw["video"], raw["audio"])
+    latents = dict(zip(("video", "audio"), scaler.scale(raw["video"], raw["audio"])))
+    config = AVDiTConfig.preset(args.preset, video_channels=raw["video"].shape[1], audio_channels=raw["audio"].shape[1])
+    torch.manual_seed(args.seed)
+    model = AVDiT(config).to(device)
+    diffusion = GridDiffusion(NoiseSchedule(args.schedule, config.T), config.geometry, args.prediction)
+    ema = EMA(model, args.ema)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    scheduler = warmup_cosine(optimizer, args.steps, args.warmup)
+    stem = Path(args.out)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    run_config = {"kind": "avdit", "strategy": args.strategy, "preset": args.preset, "schedule": args.schedule,
+                  "prediction": args.prediction, "clips": args.clips, "batch_size": args.batch_size, "lr": args.lr,
+                  "steps": args.steps, "seed": args.seed, "weights": args.weights}
+    start, loss_log = 0, []
+    state_path = checkpoints.checkpoint_paths(stem)["state"]
+    if args.resume and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.model.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, loss_log = state["step"], state["loss_log"]
+        if rank == 0:
+            log(f"resumed from step {start}")
+    trained = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    if args.compile:
+        trained = torch.compile(trained)
+    timer = CheckpointTimer(args.save_every_seconds)
+    deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else None
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=f"AVDiT {args.strategy}",
+               disable=rank != 0 or args.quiet)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    if rank == 0:
+        log(f"AVDiT {args.preset}: {num_parameters(model):,} parameters, {latents['video'].shape[0]} clips, "
+            f"{world} process(es), device {device}")
+
+    autoencoders = (load_autoencoder("video", folder), load_autoencoder("audio", folder)) if rank == 0 else None
+
+    def save(step: int, final: bool = False) -> None:
+        if rank != 0:
+            return
+        pipeline = AVPipeline(*autoencoders, ema.model, scaler, args.schedule, args.prediction)
+        save_pipeline(pipeline, stem, {"step": step, "loss_log": loss_log, "run": run_config,
+                                        "command": command_line(args.argv), "final": final})
+        tmp = state_path.with_name(state_path.name + ".tmp")
+        torch.save({"model": model.state_dict(), "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "step": step, "loss_log": loss_log}, tmp)
+        os.replace(tmp, state_path)
+
+    step = start
+    for step in bar:
+        index, grid, strategy, generator = avdit_step_batch(latents, args, step, rank, world)
+        clean = Latents(latents["video"][index].to(device), latents["audio"][index].to(device))
+        with autocast:
+            loss, per_cell = diffusion.loss(trained, clean, grid.to(device), generator=None if device.type == "cuda" else generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        optimizer.step()
+        scheduler.step()
+        ema.update(model, step)
+        per_strategy = {int(s): float(per_cell[strategy == s].nanmean()) for s in strategy.unique().tolist()}
+        loss_log.append({"step": step, "loss": round(float(loss.detach()), 5), "grad_norm": round(float(grad_norm), 4),
+                         "per_strategy": per_strategy})
+        bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+        if timer.due():
+            save(step + 1)
+            if rank == 0:
+                recent = np.mean([r["loss"] for r in loss_log[-200:]])
+                log(f"step {step + 1}: mean loss of the last 200 steps {recent:.4f} -> {stem}")
+        if args.stop_after is not None and step + 1 >= args.stop_after:
+            break
+        if deadline and time.monotonic() > deadline:
+            if rank == 0:
+                log(f"--max-minutes {args.max_minutes} reached at step {step + 1}")
+            break
+    final_step = step + 1 if args.steps > start else start
+    save(final_step, final=final_step >= args.steps)
+    if rank == 0 and not args.no_manifest:
+        paths = checkpoints.checkpoint_paths(stem)
+        checkpoints.update_manifest(stem.parent, stem.name, [paths["weights"], paths["meta"]], command_line(args.argv),
+                                    {"step": final_step, "final_loss_200": float(np.mean([r["loss"] for r in loss_log[-200:]]))
+                                     if loss_log else None}, run_config)
+    if distributed:
+        dist.destroy_process_group()
+    return {"step": final_step, "loss_log": loss_log}
+
+
+def add_avdit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--strategy", default="monl",
+                        help="monl | vanilla | per_modality | per_time | per_time_modality | conditional:<task>")
+    parser.add_argument("--weights", type=float, nargs=4, default=None,
+                        help="MoNL mixture weights of vanilla, per_modality, per_time, per_time_modality")
+    parser.add_argument("--preset", default=None, help="tiny | small | base (default: the profile's)")
+    parser.add_argument("--schedule", default="cosine")
+    parser.add_argument("--prediction", default="epsilon", choices=["epsilon", "v"])
+    parser.add_argument("--clips", type=int, default=None, help="training clips to encode (default: the profile's)")
+    parser.add_argument("--latents", default=None, help="a .safetensors of latents to train on instead of encoding clips")
+    parser.add_argument("--autoencoders", default="data/checkpoints", help="folder with video_ae / audio_ae")
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--clip", type=float, default=1.0, help="gradient clipping norm")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--T", type=int, default=1000)
+    parser.add_argument("--quiet", action="store_true")
+    add_common_arguments(parser)
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line
+# ----------------------------------------------------------------------------------------------
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags every training subcommand shares."""
+    parser.add_argument("--profile", default=None, help="smoke | cpu | gpu (default: AVDIT_PROFILE, else by device)")
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the profile's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="clips per step (default: the profile's)")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100, help="linear warm-up steps before the cosine decay")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="checkpoint stem, e.g. data/checkpoints/video_ae")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>.state.pt exactly")
+    parser.add_argument("--save-every-seconds", type=float, default=180.0)
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this much training")
+    parser.add_argument("--stop-after", type=int, default=None, help="stop after this step (the schedule still spans --steps)")
+    parser.add_argument("--eval-clips", type=int, default=64, help="val clips for the final metrics (0: skip)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument("--no-manifest", action="store_true", help="do not touch <out folder>/MANIFEST.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m avdit_mini.train", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    autoencoder = commands.add_parser("autoencoder", help="train the video or audio autoencoder (chapters 2-3)")
+    autoencoder.add_argument("--modality", choices=("video", "audio"), required=True)
+    autoencoder.add_argument("--tiny", action="store_true", help="a tiny model (tests)")
+    add_common_arguments(autoencoder)
+    autoencoder.set_defaults(run=run_autoencoder)
+    avdit = commands.add_parser("avdit", help="train an AVDiT on cached latents with a MoNL strategy (chapter 7)")
+    add_avdit_arguments(avdit)
+    avdit.set_defaults(run=run_avdit)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> object:
+    args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Audio (chapter 2) and video (chapter 3) autoencoders: shapes, causality, input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from avdit_mini.audio_ae import AudioAEConfig, AudioAutoencoder, LogMel
+from avdit_mini.video_ae import (TINY_VIDEO_CONFIG, VideoAEConfig, VideoAutoencoder, depth_to_space,
+                                 reconstruction_loss, space_to_depth)
+
+TINY_AUDIO = AudioAEConfig(channels=(16, 16, 16), blocks=1, groups=4, griffin_lim_iters=2)
+
+
+@pytest.fixture(scope="module")
+def video_ae() -> VideoAutoencoder:
+    torch.manual_seed(0)
+    return VideoAutoencoder(TINY_VIDEO_CONFIG).eval()
+
+
+def test_log_mel_has_136_frames():
+    log_mel = LogMel()(torch.zeros(2, 34_000))
+    assert log_mel.shape == (2, 64, 136)
+    assert torch.isfinite(log_mel).all()
+
+
+def test_audio_shapes():
+    model = AudioAutoencoder(TINY_AUDIO)
+    audio = 0.1 * torch.randn(2, 34_000)
+    latent = model.encode(audio)
+    assert latent.shape == (2, 8, 34)
+    assert model.decode(latent).shape == (2, 64, 136)
+    assert model.mel_to_audio(model.decode(latent)).shape == (2, 34_000)
+
+
+def test_griffin_lim_is_deterministic():
+    model = AudioAutoencoder(TINY_AUDIO)
+    log_mel = model.log_mel(0.1 * torch.randn(1, 34_000))
+    assert torch.equal(model.mel_to_audio(log_mel), model.mel_to_audio(log_mel))
+
+
+@pytest.mark.parametrize("shape", [(34_000,), (2, 16_000), (2, 1, 34_000)])
+def test_audio_wrong_input(shape):
+    with pytest.raises(ValueError, match=r"expected mono audio \[B, 34000\] at 16 kHz"):
+        AudioAutoencoder(TINY_AUDIO).encode(torch.zeros(shape))
+
+
+def test_space_to_depth_round_trip():
+    x = torch.randn(2, 3, 5, 8, 8)
+    assert torch.equal(depth_to_space(space_to_depth(x, 2), 2), x)
+
+
+def test_video_shapes(video_ae):
+    video = torch.rand(2, 3, 17, 64, 64)
+    latent = video_ae.encode(video)
+    assert latent.shape == (2, 8, 5, 8, 8)
+    out = video_ae.decode(latent)
+    assert out.shape == video.shape and out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("frame", [1, 4, 5, 9, 16])
+def test_video_encoder_is_causal(video_ae, frame):
+    """Changing frame k changes no latent frame before k's group (frame 0 alone, then groups of 4)."""
+    video = torch.rand(1, 3, 17, 64, 64)
+    changed = video.clone()
+    changed[:, :, frame] = torch.rand(3, 64, 64)
+    with torch.no_grad():
+        delta = (video_ae.encode(video) - video_ae.encode(changed)).abs().amax(dim=(0, 1, 3, 4))  # [5]
+    group = (frame + 3) // 4  # latent frame that first sees frame k
+    assert torch.all(delta[:group] == 0)
+    assert delta[group] > 0
+
+
+def test_video_decoder_is_causal(video_ae):
+    latent = torch.randn(1, 8, 5, 8, 8)
+    changed = latent.clone()
+    changed[:, :, 2] += 1.0
+    with torch.no_grad():
+        delta = (video_ae.decode(latent) - video_ae.decode(changed)).abs().amax(dim=(0, 1, 3, 4))  # [17]
+    assert torch.all(delta[:5] == 0) and delta[5:9].max() > 0
+
+
+def test_default_video_config_size():
+    parameters = sum(p.numel() for p in VideoAutoencoder(VideoAEConfig()).parameters())
+    assert 2_000_000 <= parameters <= 4_000_000
+
+
+@pytest.mark.parametrize("shape", [(3, 17, 64, 64), (1, 3, 16, 64, 64), (1, 3, 17, 32, 32)])
+def test_video_wrong_input(video_ae, shape):
+    with pytest.raises(ValueError, match=r"expected video \[B, 3, 17, 64, 64\]"):
+        video_ae.encode(torch.rand(shape))
+
+
+def test_video_loss_weights_the_object():
+    video = torch.full((1, 3, 17, 64, 64), 0.1)
+    video[..., 30:34, 30:34] = 0.9  # a small object
+    off_object = video.clone()
+    off_object[..., 0:4, 0:4] += 0.2
+    on_object = video.clone()
+    on_object[..., 30:34, 30:34] += 0.2
+    assert reconstruction_loss(on_object, video)["loss"] > 3 * reconstruction_loss(off_object, video)["loss"]

@@ -1,0 +1,86 @@
+"""Checkpoints: atomic save/load, config checks, MANIFEST, exact resume (chapters 2-3)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from avdit_mini import checkpoints
+from avdit_mini.train import main
+
+
+def _state() -> dict[str, torch.Tensor]:
+    return {"weight": torch.arange(6.0).reshape(2, 3), "bias": torch.ones(3)}
+
+
+def test_save_load_round_trip(tmp_path):
+    stem = tmp_path / "model"
+    config = {"width": 4, "channels": (1, 2)}
+    checkpoints.save_checkpoint(stem, _state(), config, {"metrics": {"psnr": 30.0}})
+    state, meta = checkpoints.load_checkpoint(stem, {"width": 4, "channels": [1, 2]})  # tuples == lists
+    assert torch.equal(state["weight"], _state()["weight"])
+    assert meta["metrics"]["psnr"] == 30.0
+    assert sorted(os.listdir(tmp_path)) == ["model.json", "model.safetensors"]  # no temp files left
+
+
+def test_missing_checkpoint_says_how_to_train(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m avdit_mini.train autoencoder"):
+        checkpoints.load_checkpoint(tmp_path / "nothing")
+
+
+def test_config_mismatch_names_the_keys(tmp_path):
+    checkpoints.save_checkpoint(tmp_path / "m", _state(), {"width": 4, "depth": 2})
+    with pytest.raises(ValueError, match="width") as error:
+        checkpoints.load_checkpoint(tmp_path / "m", {"width": 8, "depth": 2})
+    assert "depth" not in str(error.value)
+
+
+def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    stem = tmp_path / "m"
+    checkpoints.save_checkpoint(stem, _state(), {"v": 1})
+
+    def crash(tensors, path):
+        open(path, "wb").write(b"half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(checkpoints, "save_file", crash)
+    with pytest.raises(RuntimeError):
+        checkpoints.save_checkpoint(stem, {"weight": torch.zeros(1)}, {"v": 2})
+    state, meta = checkpoints.load_checkpoint(stem, {"v": 1})
+    assert torch.equal(state["bias"], torch.ones(3))
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_manifest_records_sha256(tmp_path):
+    paths = checkpoints.save_checkpoint(tmp_path / "m", _state(), {"v": 1})
+    checkpoints.update_manifest(tmp_path, "m", list(paths.values()), "python -m x", {"psnr": 1.0}, {"v": 1})
+    manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
+    assert set(manifest["m"]["files"]) == {"m.safetensors", "m.json"}
+    assert manifest["m"]["files"]["m.json"]["sha256"] == checkpoints.sha256(paths["meta"])
+    assert all(checkpoints.verify_manifest(tmp_path).values())
+
+
+def _train(stem, *extra: str) -> None:
+    main(["autoencoder", "--modality", "audio", "--tiny", "--steps", "4", "--batch-size", "2", "--warmup", "2",
+          "--out", str(stem), "--eval-clips", "0", "--no-manifest", "--threads", "1", *extra])
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    _train(tmp_path / "full")
+    _train(tmp_path / "split", "--stop-after", "2")
+    _train(tmp_path / "split", "--resume")
+    full = json.loads((tmp_path / "full.json").read_text())
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert split["step"] == full["step"] == 4
+    assert split["loss_log"] == pytest.approx(full["loss_log"], rel=1e-5)
+    a, _ = checkpoints.load_checkpoint(tmp_path / "full")
+    b, _ = checkpoints.load_checkpoint(tmp_path / "split")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_resume_without_state_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        _train(tmp_path / "none", "--resume")

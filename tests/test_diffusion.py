@@ -1,0 +1,123 @@
+import pytest
+import torch
+
+from avdit_mini.avdit import AVDiT, AVDiTConfig
+from avdit_mini.diffusion import GridDiffusion, Latents
+from avdit_mini.monl import sample_timestep_grid
+from avdit_mini.tasks import TASKS
+
+
+def random_model(seed: int = 0) -> AVDiT:
+    torch.manual_seed(seed)
+    model = AVDiT(AVDiTConfig.preset("tiny"))
+    with torch.no_grad():  # leave adaLN-Zero's zero init so the model does something
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    return model.eval()
+
+
+def clean_latents(batch: int = 2) -> Latents:
+    g = torch.Generator().manual_seed(1)
+    return Latents(torch.randn(batch, 8, 5, 8, 8, generator=g), torch.randn(batch, 8, 34, generator=g))
+
+
+def test_q_sample_uses_each_frames_cell():
+    diffusion = GridDiffusion()
+    clean = clean_latents()
+    grid = torch.zeros(2, 2, 5, dtype=torch.long)
+    grid[:, 0, 2] = 1000  # video segment 2 fully noised, everything else clean
+    noise = Latents(torch.randn_like(clean.video), torch.randn_like(clean.audio))
+    noisy = diffusion.q_sample(clean, grid, noise)
+    assert torch.equal(noisy.audio, clean.audio)
+    assert torch.equal(noisy.video[:, :, [0, 1, 3, 4]], clean.video[:, :, [0, 1, 3, 4]])
+    assert not torch.allclose(noisy.video[:, :, 2], clean.video[:, :, 2])
+
+
+def test_loss_ignores_clean_cells():
+    diffusion = GridDiffusion()
+    model = random_model()
+    clean = clean_latents()
+    grid = sample_timestep_grid(2, "per_time_modality", generator=torch.Generator().manual_seed(0))
+    grid[:, 1] = 0  # audio clean: no audio term
+    loss, per_cell = diffusion.loss(model, clean, grid, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and per_cell[:, 1].isnan().all() and not per_cell[:, 0].isnan().any()
+    # changing the clean audio's *target* cannot change the loss: only its role as input does
+    loss.backward()
+
+
+def test_loss_is_zero_for_an_oracle():
+    diffusion = GridDiffusion()
+    clean = clean_latents()
+    grid = sample_timestep_grid(2, "monl", generator=torch.Generator().manual_seed(3))
+
+    class Oracle(torch.nn.Module):
+        def forward(self, video, audio, t):
+            return self.noise.video, self.noise.audio
+
+    oracle = Oracle()
+    g = torch.Generator().manual_seed(9)
+    oracle.noise = Latents(torch.randn(clean.video.shape, generator=g), torch.randn(clean.audio.shape, generator=g))
+    loss, _ = diffusion.loss(oracle, clean, grid, generator=torch.Generator().manual_seed(9))
+    assert loss.item() == pytest.approx(0.0, abs=1e-10)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_condition_cells_come_out_bit_identical(task, sampler):
+    diffusion = GridDiffusion()
+    clean = clean_latents()
+    out = diffusion.sample(random_model(), TASKS[task], clean, steps=3, sampler=sampler, guidance=2.0,
+                           generator=torch.Generator().manual_seed(0))
+    t_video, t_audio = diffusion.frame_steps((~TASKS[task]).long()[None].expand(2, -1, -1))
+    assert torch.equal(out.video[:, :, t_video[0] == 0], clean.video[:, :, t_video[0] == 0])
+    assert torch.equal(out.audio[:, :, t_audio[0] == 0], clean.audio[:, :, t_audio[0] == 0])
+    assert not torch.equal(out.video[:, :, t_video[0] > 0], clean.video[:, :, t_video[0] > 0]) or task == "v2a"
+
+
+def test_sampling_is_deterministic_from_the_generator():
+    diffusion, model, clean = GridDiffusion(), random_model(), clean_latents()
+    runs = [diffusion.sample(model, TASKS["a2v"], clean, steps=4, generator=torch.Generator().manual_seed(5))
+            for _ in range(2)]
+    assert torch.equal(runs[0].video, runs[1].video)
+
+
+def test_ddim_with_a_perfect_model_recovers_the_data():
+    # an oracle that knows x0 predicts eps exactly; deterministic DDIM then lands on x0
+    diffusion = GridDiffusion()
+    target = clean_latents(1)
+
+    class Oracle(torch.nn.Module):
+        def forward(self, video, audio, grid):
+            t_video, t_audio = diffusion.frame_steps(grid)
+            out = []
+            for x, x0, t in ((video, target.video, t_video), (audio, target.audio, t_audio)):
+                ab = diffusion.schedule.alpha_bar[t].reshape(1, 1, -1, *([1] * (x.dim() - 3)))
+                out.append(torch.where(ab < 1, (x - ab.sqrt() * x0) / (1 - ab).clamp_min(1e-12).sqrt(), 0.0))
+            return tuple(out)
+
+    out = diffusion.sample(Oracle(), TASKS["joint"], Latents(torch.zeros_like(target.video), torch.zeros_like(target.audio)),
+                           steps=10, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out.video, target.video, atol=1e-3) and torch.allclose(out.audio, target.audio, atol=1e-3)
+
+
+def test_v_prediction_round_trip():
+    diffusion = GridDiffusion(prediction="v")
+    clean = clean_latents()
+    noise = torch.randn_like(clean.video)
+    t = torch.full((2, 5), 400)
+    x_t = diffusion.schedule.q_sample(clean.video, t, noise, time_dim=2)
+    eps, x0 = diffusion.to_eps_x0(diffusion.target(clean.video, noise, t), x_t, t)
+    assert torch.allclose(eps, noise, atol=1e-4) and torch.allclose(x0, clean.video, atol=1e-4)
+
+
+def test_bad_arguments_are_clear_errors():
+    diffusion = GridDiffusion()
+    with pytest.raises(ValueError, match="unknown sampler"):
+        diffusion.sample(random_model(), TASKS["a2v"], clean_latents(), sampler="euler")
+    with pytest.raises(ValueError, match="no condition latents"):
+        diffusion.sample(random_model(), TASKS["a2v"], None)
+    with pytest.raises(ValueError, match="steps must be"):
+        diffusion.step_sequence(0)
+    with pytest.raises(ValueError, match="unknown prediction"):
+        GridDiffusion(prediction="x0")

@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from avdit_mini.audio_ae import AudioAutoencoder
+from avdit_mini.avdit import AVDiT, AVDiTConfig
+from avdit_mini.checkpoints import save_checkpoint
+from avdit_mini.config import Geometry
+from avdit_mini.data import World
+from avdit_mini.latents import LatentScaler
+from avdit_mini.pipeline import AVPipeline, load_pipeline, save_pipeline
+from avdit_mini.tasks import TASKS, continue_clip, describe, generate, pattern, resolve_task
+from avdit_mini.train import TINY_AUDIO_CONFIG
+from avdit_mini.video_ae import TINY_VIDEO_CONFIG, VideoAutoencoder
+from dataclasses import asdict
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    torch.manual_seed(0)
+    model = AVDiT(AVDiTConfig.preset("tiny"))
+    return AVPipeline(VideoAutoencoder(TINY_VIDEO_CONFIG).eval(), AudioAutoencoder(TINY_AUDIO_CONFIG).eval(),
+                      model.eval(), LatentScaler()).eval()
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return World().clip(3)
+
+
+def test_registry_matches_the_design():
+    assert describe(TASKS["a2v"]) == "V GGGGG | A CCCCC"
+    assert describe(TASKS["continue_2"]) == "V CCGGG | A CCGGG"
+    assert describe(TASKS["interpolate"]) == "V CGGGC | A CGGGC"
+    assert describe(TASKS["a2v_continue"]) == "V CGGGG | A CCCCC"
+    assert set(TASKS) == {"joint", "a2v", "v2a", "continue_1", "continue_2", "interpolate", "a2v_continue"}
+
+
+def test_generate_returns_world_layout(pipeline, clip):
+    out = generate(pipeline, "a2v", condition={"audio": clip.audio}, steps=2, seed=0)
+    assert out.video.shape == (3, 17, 64, 64) and out.audio.shape == (34000,)
+    assert 0 <= out.video.min() and out.video.max() <= 1
+    batched = generate(pipeline, "joint", steps=2, batch_size=2)
+    assert batched.video.shape == (2, 3, 17, 64, 64)
+
+
+def test_condition_latents_are_kept_exactly(pipeline, clip):
+    out = generate(pipeline, "v2a", condition={"video": clip.video}, steps=2)
+    assert torch.equal(out.latents.video, pipeline.encode(clip.video[None], clip.audio[None]).video)
+
+
+def test_custom_patterns_and_errors(pipeline, clip):
+    custom = pattern("CGCGC", "GGGGG")
+    out = generate(pipeline, custom, condition={"video": clip.video}, steps=2)
+    assert out.pattern.tolist() == custom.tolist()
+    with pytest.raises(ValueError, match="unknown task 'audio2video'"):
+        generate(pipeline, "audio2video", condition={"audio": clip.audio})
+    with pytest.raises(ValueError, match=r"must be \[2, 5\]"):
+        resolve_task(torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="lacks \\['audio'\\]"):
+        generate(pipeline, "a2v", condition={"video": clip.video})
+    with pytest.raises(ValueError, match="only hold C"):
+        pattern("CGX", "GGG")
+    with pytest.raises(ValueError, match="condition video must be"):
+        generate(pipeline, "v2a", condition={"video": clip.video[:, :9]})
+
+
+def test_rolling_continuation_extends_the_clip(pipeline, clip):
+    video, audio = continue_clip(pipeline, clip.video, clip.audio, windows=2, steps=2)
+    assert video.shape == (3, 17 + 24, 64, 64) and audio.shape == (34000 + 48000,)
+    assert torch.equal(video[:, :17], clip.video)
+
+
+def test_pipeline_save_and_load_round_trip(tmp_path, pipeline, clip):
+    geometry = asdict(Geometry())
+    for name, model, cfg in (("video_ae", pipeline.video_ae, TINY_VIDEO_CONFIG), ("audio_ae", pipeline.audio_ae, TINY_AUDIO_CONFIG)):
+        save_checkpoint(tmp_path / name, model.state_dict(), {"kind": name, "model": asdict(cfg), "geometry": geometry})
+    save_pipeline(pipeline, tmp_path / "avdit_test", half=False)
+    loaded = load_pipeline("test", folder=tmp_path)
+    a = generate(pipeline, "a2v", condition={"audio": clip.audio}, steps=2, seed=1)
+    b = generate(loaded, "a2v", condition={"audio": clip.audio}, steps=2, seed=1)
+    assert torch.allclose(a.latents.video, b.latents.video, atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="train it with"):
+        load_pipeline("missing", folder=tmp_path)
