@@ -422,7 +422,7 @@ def run_avdit(args: argparse.Namespace) -> dict:
         per_strategy = {int(s): float(per_cell[strategy == s].nanmean()) for s in strategy.unique().tolist()}
         loss_log.append({"step": step, "loss": round(float(loss.detach()), 5), "grad_norm": round(float(grad_norm), 4),
                          "per_strategy": per_strategy})
-        bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
         if timer.due():
             save(step + 1)
             if rank == 0:

@@ -505,3 +505,180 @@ def grid_painter(render, initial, T: int = 1000, step: int = 50, player=None):
     controls = widgets.VBox([widgets.HBox([widgets.Label(ROW_NAMES[m], layout=widgets.Layout(width="50px"))] + row)
                              for m, row in enumerate(sliders)])
     return widgets.HBox([controls, out])
+
+
+# ----------------------------------------------------------------------------------------------
+# Chapters 2-3: autoencoders and their latents
+# ----------------------------------------------------------------------------------------------
+def comparison_bars(groups: dict, title: str = "", xlabel: str = "accuracy", limit: float | None = 1.0):
+    """Grouped horizontal bars: ``{"original": {"timbre": 0.98, ...}, "reconstructed": {...}}`` (Chapters 2-3)."""
+    import matplotlib.pyplot as plt
+
+    names = list(next(iter(groups.values())))
+    height = 0.8 / len(groups)
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(names) * max(len(groups), 2) / 2 + 0.9))
+    for k, (label, scores) in enumerate(groups.items()):
+        y = np.arange(len(names)) + (k - (len(groups) - 1) / 2) * height
+        values = [scores[n] for n in names]
+        ax.barh(y, values, height=height * 0.95, label=label, color=f"C{k}")
+        for yi, v in zip(y, values):
+            ax.text(v, yi, f" {100 * v:.0f}%" if limit == 1.0 else f" {v:.3g}", va="center", fontsize=6.5)
+    ax.set_yticks(np.arange(len(names)), names, fontsize=7)
+    if limit is not None:
+        ax.set_xlim(0, limit * 1.12)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _segment_edges_in(geometry: Geometry, frames_per_second: float) -> list[float]:
+    """Segment edges measured in frames of a sequence with ``frames_per_second`` (Chapters 2-3)."""
+    from .latents import segment_bounds
+
+    bounds = segment_bounds(geometry)
+    return [float(b) * frames_per_second for b in bounds[:, 0].tolist() + [float(bounds[-1, 1])]]
+
+
+def audio_latent_figure(log_mel: torch.Tensor, latent: torch.Tensor, geometry: Geometry | None = None,
+                        title: str = ""):
+    """A log-mel [64, 136] above its audio latent [C_a, 34], both cut into the N time segments (Chapter 2)."""
+    import matplotlib.pyplot as plt
+
+    g = geometry or Geometry()
+    mel_rate = g.sample_rate / g.hop_length
+    latent_rate = mel_rate / g.audio_time_down
+    fig, (ax_mel, ax_lat) = plt.subplots(2, 1, figsize=(9, 4.4), constrained_layout=True,
+                                         gridspec_kw={"height_ratios": [1.4, 1]})
+    ax_mel.imshow(log_mel.cpu().numpy(), origin="lower", aspect="auto", cmap="magma",
+                  extent=(0, g.duration, 0, log_mel.shape[0]))
+    ax_mel.set_ylabel("mel bin")
+    ax_mel.set_title(f"log-mel [{log_mel.shape[0]}, {log_mel.shape[1]}]", fontsize=8, loc="left", pad=14)
+    limit = float(latent.abs().max())
+    image = ax_lat.imshow(latent.cpu().numpy(), aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit,
+                          extent=(0, g.duration, latent.shape[0] - 0.5, -0.5), interpolation="nearest")
+    ax_lat.set_ylabel("latent channel")
+    ax_lat.set_xlabel("time (s)")
+    ax_lat.set_title(f"audio latent [{latent.shape[0]}, {latent.shape[1]}]: one column per {1000 / latent_rate:.1f} ms",
+                     fontsize=8, loc="left")
+    fig.colorbar(image, ax=ax_lat, shrink=0.8)
+    edges = _segment_edges_in(g, 1.0)
+    for ax in (ax_mel, ax_lat):
+        for n in range(g.segments):
+            ax.axvline(edges[n], color="white" if ax is ax_mel else "k", lw=1.2, ls="--")
+        for n in range(g.segments if ax is ax_mel else 0):
+            ax.text((edges[n] + edges[n + 1]) / 2, 1.02, f"segment {n}", transform=ax.get_xaxis_transform(),
+                    ha="center", fontsize=7, color=SEGMENT_COLOURS[n])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def reconstruction_strip(original: torch.Tensor, reconstruction: torch.Tensor, frames: list[int] | None = None,
+                         title: str = "", fps: int = 8):
+    """Frames of a video [3, T, H, W], its reconstruction and their absolute error, in three rows (Chapter 3)."""
+    import matplotlib.pyplot as plt
+
+    frames = list(range(0, original.shape[1], 2)) if frames is None else frames
+    error = (reconstruction.clamp(0, 1) - original).abs().mean(0).cpu()  # [T, H, W]
+    fig, axes = plt.subplots(3, len(frames), figsize=(0.95 * len(frames), 3.2), squeeze=False)
+    for column, i in enumerate(frames):
+        axes[0, column].imshow(_frame(original, i), interpolation="nearest")
+        axes[1, column].imshow(_frame(reconstruction, i), interpolation="nearest")
+        axes[2, column].imshow(error[i].numpy(), cmap="gray_r", vmin=0, vmax=0.5, interpolation="nearest")
+        axes[0, column].set_title(f"{i / fps:.2f} s", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for row, label in enumerate(("original", "decoded", "|error|")):
+        axes[row, 0].set_ylabel(label, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+def video_latent_figure(latent: torch.Tensor, geometry: Geometry | None = None, title: str = ""):
+    """A video latent [C_v, 5, h, w] as a channels x latent-frames grid of small images (Chapter 3).
+
+    Each channel has its own colour scale (its min to its max over the clip), so a channel's offset
+    does not hide its structure.
+    """
+    import matplotlib.pyplot as plt
+
+    from .latents import segment_bounds
+
+    g = geometry or Geometry()
+    channels, frames = latent.shape[:2]
+    bounds = segment_bounds(g)
+    fig, axes = plt.subplots(channels, frames, figsize=(1.0 * frames + 0.6, 0.95 * channels), squeeze=False)
+    for c in range(channels):
+        lo, hi = float(latent[c].min()), float(latent[c].max()) + 1e-8  # one colour scale per channel
+        for j in range(frames):
+            ax = axes[c, j]
+            ax.imshow(latent[c, j].cpu().numpy(), cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_title(f"frame {j}\n{bounds[j, 0]:.3g}-{bounds[j, 1]:.3g} s", fontsize=6.5,
+                             color=SEGMENT_COLOURS[j % len(SEGMENT_COLOURS)])
+            if j == 0:
+                ax.set_ylabel(f"ch {c}", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.25, rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight() if title else 1))
+    return fig
+
+
+def latent_cells_figure(video_latent: torch.Tensor, audio_latent: torch.Tensor, geometry: Geometry | None = None,
+                        video_frames: torch.Tensor | None = None, title: str = ""):
+    """The 2 x N grid of latent cells of one clip (Chapter 3).
+
+    Row 0: each video latent frame [C_v, h, w] (channels 0-2 shown as RGB, normalised per clip);
+    row 1: the audio latent frames [C_a, k] of each segment. With ``video_frames`` [3, T, H, W] the
+    last video frame each cell covers is drawn small above it.
+    """
+    import matplotlib.pyplot as plt
+
+    from .latents import audio_segment_of_latent_frame, segment_bounds
+
+    g = geometry or Geometry()
+    owners = audio_segment_of_latent_frame(g)
+    bounds = segment_bounds(g)
+    widths = [max(int((owners == n).sum()), 3) for n in range(g.segments)]
+    rows = 3 if video_frames is not None else 2
+    fig, axes = plt.subplots(rows, g.segments, figsize=(10, 1.7 * rows), squeeze=False,
+                             gridspec_kw={"width_ratios": widths}, constrained_layout=True)
+    rgb = video_latent[:3]
+    lo, hi = rgb.amin(dim=(1, 2, 3), keepdim=True), rgb.amax(dim=(1, 2, 3), keepdim=True)
+    rgb = ((rgb - lo) / (hi - lo + 1e-8)).permute(1, 2, 3, 0).cpu().numpy()  # [5, h, w, 3]
+    limit = float(audio_latent.abs().max())
+    offset = 0
+    for n in range(g.segments):
+        colour = SEGMENT_COLOURS[n % len(SEGMENT_COLOURS)]
+        if video_frames is not None:
+            last = min(int(round(float(bounds[n, 1]) * g.fps)) - 1, video_frames.shape[1] - 1)
+            axes[0, n].imshow(_frame(video_frames, last), interpolation="nearest")
+            axes[0, n].set_title(f"segment {n}: {bounds[n, 0]:.3g}-{bounds[n, 1]:.3g} s\n(video frame {last})",
+                                 fontsize=7, color=colour)
+        ax_v, ax_a = axes[rows - 2, n], axes[rows - 1, n]
+        ax_v.imshow(rgb[n], interpolation="nearest")
+        ax_v.set_title(f"video latent frame {n}", fontsize=7)
+        chunk = audio_latent[:, owners == n].cpu().numpy()
+        ax_a.imshow(chunk, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
+        ax_a.set_title(f"audio latents {offset}-{offset + chunk.shape[1] - 1}", fontsize=7)
+        offset += chunk.shape[1]
+        for ax in axes[:, n]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(2.5)
+    axes[rows - 2, 0].set_ylabel("row 0: video\n(ch 0-2 as RGB)", fontsize=7)
+    axes[rows - 1, 0].set_ylabel("row 1: audio\n(channels x time)", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig

@@ -32,7 +32,7 @@ def randomise_zero_init(model: AVDiT) -> None:
 
 
 def test_presets_and_config_errors():
-    assert AVDiTConfig.preset("small").dim == 192 and AVDiTConfig.preset("base").depth == 12
+    assert AVDiTConfig.preset("small").dim == 128 and AVDiTConfig.preset("base").depth == 12
     assert AVDiTConfig.preset("tiny", depth=3).depth == 3
     with pytest.raises(ValueError, match="tiny"):
         AVDiTConfig.preset("huge")

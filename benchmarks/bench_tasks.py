@@ -1,0 +1,53 @@
+"""Benchmark every task of a shipped pipeline with the probes (chapter 8).
+
+    python benchmarks/bench_tasks.py --clips 200 --steps 50     # writes benchmarks/results/tasks_<name>.json
+
+Condition clips come from the held-out ``test`` split. Also measures sampling speed (clips per
+second at the given number of DDIM steps) on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from avdit_mini.metrics import evaluate_task
+from avdit_mini.pipeline import load_pipeline
+from avdit_mini.tasks import TASKS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", default="monl", help="pipeline name: data/checkpoints/avdit_<name>")
+    parser.add_argument("--clips", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS))
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipeline = load_pipeline(args.name, device=device)
+    out = Path(__file__).parent / "results" / f"tasks_{args.name}.json"
+    result = {"pipeline": args.name, "trained_steps": pipeline.meta.get("step"), "clips": args.clips,
+              "steps": args.steps, "guidance": args.guidance, "device": device, "machine": platform.processor(),
+              "threads": args.threads, "tasks": {}}
+    for task in args.tasks:
+        began = time.perf_counter()
+        result["tasks"][task] = evaluate_task(pipeline, task, args.clips, steps=args.steps, guidance=args.guidance,
+                                              batch_size=args.batch_size)
+        result["tasks"][task]["seconds"] = time.perf_counter() - began
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))  # after every task: nothing lost if interrupted
+        print(task, json.dumps(result["tasks"][task]), flush=True)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
