@@ -263,7 +263,7 @@ def latent_cache_name(n_clips: int, folder: Path) -> Path:
     digest = hashlib.sha256()
     for name in ("video_ae", "audio_ae"):
         digest.update((folder / f"{name}.safetensors").read_bytes())
-    return Path("data/latents") / f"train_{n_clips}_{digest.hexdigest()[:12]}.safetensors"
+    return folder.resolve().parent / "latents" / f"train_{n_clips}_{digest.hexdigest()[:12]}.safetensors"
 
 
 def training_latents(n_clips: int, folder: Path, batch_size: int = 32) -> dict[str, torch.Tensor]:

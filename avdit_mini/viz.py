@@ -653,7 +653,7 @@ def latent_cells_figure(video_latent: torch.Tensor, audio_latent: torch.Tensor, 
     fig, axes = plt.subplots(rows, g.segments, figsize=(10, 1.7 * rows), squeeze=False,
                              gridspec_kw={"width_ratios": widths}, constrained_layout=True)
     rgb = video_latent[:3]
-    lo, hi = rgb.amin(dim=(1, 2, 3), keepdim=True), rgb.amax(dim=(1, 2, 3), keepdim=True)
+    lo, hi = rgb.min(), rgb.max()  # one scale for the three channels: their balance shows as colour
     rgb = ((rgb - lo) / (hi - lo + 1e-8)).permute(1, 2, 3, 0).cpu().numpy()  # [5, h, w, 3]
     limit = float(audio_latent.abs().max())
     offset = 0
