@@ -191,7 +191,11 @@ def sha256(path: str | Path) -> str:
 
 def update_manifest(folder: str | Path, name: str, files: list[str | Path], command: str,
                     metrics: dict | None = None, config: dict | None = None) -> Path:
-    """Add or replace entry ``name`` in ``<folder>/MANIFEST.json`` with each file's sha256 and size."""
+    """Add or replace entry ``name`` in ``<folder>/MANIFEST.json`` with each file's sha256 and size.
+
+    ``commands`` keeps the whole chain that made the files: a ``--resume`` run appends to the
+    commands of the run it continued, any other run starts the list again.
+    """
     folder = Path(folder)
     manifest_path = folder / MANIFEST_NAME
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
@@ -200,9 +204,12 @@ def update_manifest(folder: str | Path, name: str, files: list[str | Path], comm
         file = Path(file)
         key = os.path.relpath(file.resolve(), folder.resolve())  # paths in the MANIFEST are relative to it
         entries[Path(key).as_posix()] = {"sha256": sha256(file), "bytes": file.stat().st_size}
+    previous = manifest.get(name, {})
+    chain = previous.get("commands", [previous["command"]] if "command" in previous else [])
     manifest[name] = {
         "files": entries,
         "command": command,
+        "commands": chain + [command] if "--resume" in command else [command],
         "metrics": metrics or {},
         "config": _normalise(config or {}),
         "updated_at": time.strftime("%Y-%m-%d %H:%M:%S"),
