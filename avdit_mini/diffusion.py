@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .config import Geometry
-from .latents import VIDEO, expand_grid
+from .latents import VIDEO, audio_segment_of_latent_frame, expand_grid, video_segment_of_latent_frame
 from .schedules import NoiseSchedule
 
 PREDICTIONS = ("epsilon", "v")
@@ -118,8 +118,6 @@ class GridDiffusion:
 
     def frame_segments(self, row: int) -> Tensor:
         """The segment of each latent frame of modality ``row``."""
-        from .latents import audio_segment_of_latent_frame, video_segment_of_latent_frame
-
         return (video_segment_of_latent_frame if row == VIDEO else audio_segment_of_latent_frame)(self.geometry)
 
     # -- sampling ------------------------------------------------------------------------------

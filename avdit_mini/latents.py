@@ -9,12 +9,16 @@ repeating the arithmetic.
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from functools import lru_cache
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from avdit_mini.config import Geometry
 
@@ -235,16 +239,10 @@ def encode_dataset(video_ae, audio_ae, dataset, batch_size: int = 32, cache: str
     With ``cache`` (a .safetensors path) the latents are read from it when it exists and written
     to it (atomically) otherwise. The cache name should say which autoencoders and clips made it.
     """
-    import os
-    from pathlib import Path
-
-    from safetensors.torch import load_file, save_file
-
     if cache is not None and Path(cache).exists():
         return load_file(cache)
-    from torch.utils.data import DataLoader
 
-    from .data import collate
+    from .data import collate  # data imports nothing from here, but latents sits below data in the book's order
 
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     if progress:

@@ -22,12 +22,12 @@ VIDEO_FACTORS = ("shape", "size", "background", "colour")
 AUDIO_FACTORS = ("shape", "size", "background")  # heard as timbre, pitch and drone
 
 
-def _first_target_frame(task_pattern: torch.Tensor, fps: int = 8) -> int | None:
+def _first_target_frame(task_pattern: torch.Tensor, frames_per_group: int = 4) -> int | None:
     """The first video frame of the first generated video segment after a condition segment."""
     row = task_pattern[0].tolist()
     for n in range(1, len(row)):
         if row[n - 1] and not row[n]:
-            return 1 + 4 * (n - 1)  # segment n starts at video frame 4(n-1)+1
+            return 1 + frames_per_group * (n - 1)  # segment n >= 1 starts at video frame 4(n-1)+1
     return None
 
 
@@ -66,7 +66,7 @@ def score_clip(task_pattern: torch.Tensor, video: torch.Tensor, audio: torch.Ten
         if task_pattern[1].all():  # audio fully given: bounces must land on its impacts
             result["bounces_matched"] = (float(np.mean([any(abs(b - p) <= 1 for p in seen["bounce_frames"]) for b in truth]))
                                          if truth else None)
-        boundary = _first_target_frame(task_pattern, fps)
+        boundary = _first_target_frame(task_pattern)
         if boundary is not None:
             trajectory = seen["trajectory"].numpy()
             true = factors["trajectory"].numpy()

@@ -43,7 +43,13 @@ def load_autoencoder(modality: str, folder: str | Path = CHECKPOINTS) -> nn.Modu
         model = VideoAutoencoder(_dataclass_from_dict(VideoAEConfig, config["model"]), geometry)
     else:
         model = AudioAutoencoder(_dataclass_from_dict(AudioAEConfig, config["model"]), geometry)
-    model.load_state_dict({k: v.float() for k, v in state.items()})
+    try:
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+    except RuntimeError as error:
+        raise ValueError(
+            f"{stem}.safetensors does not fit the {modality} autoencoder of this code (the architecture changed "
+            f"since it was trained); retrain it with `python -m avdit_mini.train autoencoder --modality {modality} "
+            f"--out {stem}` or check out the code that made it\n{error}") from error
     return model.eval().requires_grad_(False)
 
 
