@@ -24,12 +24,20 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from . import checkpoints, probes
 from .audio_ae import AudioAEConfig, AudioAutoencoder
+from .avdit import AVDiT, AVDiTConfig, num_parameters
 from .config import Geometry, get_profile
 from .data import WorldDataset, collate
+from .diffusion import GridDiffusion, Latents
+from .latents import LatentScaler, encode_dataset
+from .monl import STRATEGIES, conditional_grid, sample_timestep_grid
+from .pipeline import AVPipeline, load_autoencoder, save_pipeline
+from .schedules import NoiseSchedule
+from .tasks import resolve_task
 from .video_ae import TINY_VIDEO_CONFIG, VideoAEConfig, VideoAutoencoder, psnr, reconstruction_loss
 
 TINY_AUDIO_CONFIG = AudioAEConfig(channels=(16, 16, 16), blocks=1, groups=4, griffin_lim_iters=4)
@@ -56,11 +64,12 @@ class StepSampler(Sampler[int]):
 
 
 def clip_loader(start_step: int, total_steps: int, batch_size: int, n_clips: int = TRAIN_CLIPS,
-                split: str = "train") -> DataLoader:
+                split: str = "train", workers: int = 0) -> DataLoader:
     """Batches of world clips generated on the fly, deterministic in the step."""
     dataset = WorldDataset(n_clips, split)
     sampler = StepSampler(start_step, total_steps, batch_size, n_clips)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=0)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=workers,
+                      persistent_workers=False, prefetch_factor=4 if workers else None)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int,
@@ -227,7 +236,7 @@ def train_loop(model: nn.Module, args: argparse.Namespace, optimizer, scheduler,
     timer, started, first_step = CheckpointTimer(args.save_every_seconds), time.monotonic(), step
     deadline = started + 60 * args.max_minutes if args.max_minutes else math.inf
     model.train()
-    bar = tqdm(clip_loader(step, steps, batch_size), total=steps, initial=step, desc=f"{args.modality} AE",
+    bar = tqdm(clip_loader(step, steps, batch_size, workers=args.workers), total=steps, initial=step, desc=f"{args.modality} AE",
                mininterval=5.0, file=sys.stdout)
     for batch in bar:
         losses = autoencoder_loss(model, args.modality, batch)
@@ -268,8 +277,6 @@ def latent_cache_name(n_clips: int, folder: Path) -> Path:
 
 def training_latents(n_clips: int, folder: Path, batch_size: int = 32) -> dict[str, torch.Tensor]:
     """Encode ``n_clips`` train clips with the shipped autoencoders, once (cached on disk)."""
-    from .latents import encode_dataset
-    from .pipeline import load_autoencoder
 
     video_ae, audio_ae = load_autoencoder("video", folder), load_autoencoder("audio", folder)
     return encode_dataset(video_ae, audio_ae, WorldDataset(n_clips, "train"), batch_size,
@@ -283,9 +290,6 @@ def timestep_grids(strategy: str, batch_size: int, generator: torch.Generator, T
     ``strategy`` is a MoNL strategy (``monl``, ``vanilla``, ...) or ``conditional:<task>``: the
     task-specific baseline, with the task's condition cells at t = 0 and one shared t elsewhere.
     """
-    from .monl import STRATEGIES, conditional_grid, sample_timestep_grid
-    from .tasks import resolve_task
-
     if strategy.startswith("conditional:"):
         mask = resolve_task(strategy.split(":", 1)[1])
         return conditional_grid(batch_size, mask, T, generator), torch.full((batch_size,), -1)
@@ -330,11 +334,6 @@ def run_avdit(args: argparse.Namespace) -> dict:
 
     import torch.distributed as dist
 
-    from .avdit import AVDiT, AVDiTConfig, num_parameters
-    from .diffusion import GridDiffusion, Latents
-    from .latents import LatentScaler
-    from .pipeline import AVPipeline, load_autoencoder, save_pipeline
-    from .schedules import NoiseSchedule
 
     profile = get_profile(args.profile)
     args.steps = args.steps or profile.avdit_steps
@@ -352,7 +351,6 @@ def run_avdit(args: argparse.Namespace) -> dict:
         raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
     folder = Path(args.autoencoders)
     if args.latents:
-        from safetensors.torch import load_file
 
         raw = load_file(args.latents)
     else:
@@ -483,6 +481,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-after", type=int, default=None, help="stop after this step (the schedule still spans --steps)")
     parser.add_argument("--eval-clips", type=int, default=64, help="val clips for the final metrics (0: skip)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument("--workers", type=int, default=0, help="data-loader processes generating clips (0: in the main process)")
     parser.add_argument("--no-manifest", action="store_true", help="do not touch <out folder>/MANIFEST.json")
 
 
