@@ -12,6 +12,7 @@ split; metrics at the end use the disjoint ``val`` split.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import shlex
 import sys
@@ -267,12 +268,9 @@ def train_loop(model: nn.Module, args: argparse.Namespace, optimizer, scheduler,
 # ----------------------------------------------------------------------------------------------
 def latent_cache_name(n_clips: int, folder: Path) -> Path:
     """Where the encoded training latents live: named by the autoencoders' checkpoints and size."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name in ("video_ae", "audio_ae"):
-        digest.update((folder / f"{name}.safetensors").read_bytes())
-    return folder.resolve().parent / "latents" / f"train_{n_clips}_{digest.hexdigest()[:12]}.safetensors"
+    weights = "".join(checkpoints.sha256(folder / f"{name}.safetensors") for name in ("video_ae", "audio_ae"))
+    key = hashlib.sha256(weights.encode()).hexdigest()[:12]
+    return folder.resolve().parent / "latents" / f"train_{n_clips}_{key}.safetensors"
 
 
 def training_latents(n_clips: int, folder: Path, batch_size: int = 32) -> dict[str, torch.Tensor]:
