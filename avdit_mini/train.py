@@ -134,10 +134,26 @@ def build_autoencoder(modality: str, tiny: bool = False) -> tuple[nn.Module, dic
     return model, config
 
 
-def autoencoder_loss(model: nn.Module, modality: str, batch: dict) -> dict[str, torch.Tensor]:
-    """Video: object-weighted MSE + L1 on pixels. Audio: L1 + MSE on normalised log-mel."""
+def freeze_encoder_from(model: nn.Module, stem: Path) -> None:
+    """Start from the weights of checkpoint ``stem`` and freeze the encoder: only the decoder trains.
+
+    The latents stay exactly those of ``stem``, so an AVDiT trained on them stays valid. Layers the
+    checkpoint lacks (a decoder head added since) start from their initialisation.
+    """
+    if not checkpoints.checkpoint_paths(stem)["weights"].exists():
+        raise FileNotFoundError(f"--finetune-decoder {stem}: no {stem}.safetensors to start from")
+    weights = load_file(str(checkpoints.checkpoint_paths(stem)["weights"]))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or any(k.startswith("encoder.") for k in missing):
+        raise ValueError(f"{stem} does not fit this autoencoder: missing {missing}, unexpected {unexpected}")
+    model.encoder.requires_grad_(False)
+    log(f"decoder fine-tune from {stem}: encoder frozen, new layers {sorted({k.rsplit('.', 1)[0] for k in missing})}")
+
+
+def autoencoder_loss(model: nn.Module, modality: str, batch: dict, edge: float = 0.0) -> dict[str, torch.Tensor]:
+    """Video: object-weighted MSE on pixels (+ ``edge`` x the image-gradient L1). Audio: L1 + MSE on normalised log-mel."""
     if modality == "video":
-        return reconstruction_loss(model(batch["video"]), batch["video"])
+        return reconstruction_loss(model(batch["video"]), batch["video"], edge=edge)
     target = model.log_mel(batch["audio"])  # [B, 64, 136]
     error = model.decode(model.encode_mel(target)) - target
     l1, mse = error.abs().mean(), error.square().mean()
@@ -208,7 +224,10 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     model, config = build_autoencoder(args.modality, args.tiny)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    if args.finetune_decoder:
+        freeze_encoder_from(model, Path(args.finetune_decoder))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     scheduler = warmup_cosine(optimizer, steps, args.warmup)
     stem, step, loss_log = Path(args.out), 0, []
     if args.resume:
@@ -217,7 +236,7 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
         state = checkpoints.load_training_state(stem, optimizer, scheduler)
         step, loss_log = state["step"], state["loss_log"]
         log(f"resumed {stem} at step {step}")
-    parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    parameters = sum(p.numel() for p in model.parameters())
     log(f"{args.modality} autoencoder: {parameters:,} parameters, {steps} steps of {batch_size} clips, "
         f"{args.threads} threads, profile {profile.name}")
     step, loss_log = train_loop(model, args, optimizer, scheduler, stem, config, step, steps, batch_size, loss_log)
@@ -240,7 +259,7 @@ def train_loop(model: nn.Module, args: argparse.Namespace, optimizer, scheduler,
     bar = tqdm(clip_loader(step, steps, batch_size, workers=args.workers), total=steps, initial=step, desc=f"{args.modality} AE",
                mininterval=5.0, file=sys.stdout)
     for batch in bar:
-        losses = autoencoder_loss(model, args.modality, batch)
+        losses = autoencoder_loss(model, args.modality, batch, args.edge_weight)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -489,6 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
     autoencoder = commands.add_parser("autoencoder", help="train the video or audio autoencoder (chapters 2-3)")
     autoencoder.add_argument("--modality", choices=("video", "audio"), required=True)
     autoencoder.add_argument("--tiny", action="store_true", help="a tiny model (tests)")
+    autoencoder.add_argument("--finetune-decoder", default=None, metavar="STEM",
+                             help="start from checkpoint STEM and train the decoder only (the latents do not change)")
+    autoencoder.add_argument("--edge-weight", type=float, default=0.0,
+                             help="video: weight of the L1 loss on image gradients (sharp edges, flat colour)")
     add_common_arguments(autoencoder)
     autoencoder.set_defaults(run=run_autoencoder)
     avdit = commands.add_parser("avdit", help="train an AVDiT on cached latents with a MoNL strategy (chapter 7)")

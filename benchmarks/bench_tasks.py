@@ -30,11 +30,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--tasks", nargs="*", default=list(TASKS))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", default=None, help="result file (default: benchmarks/results/tasks_<name>.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipeline = load_pipeline(args.name, device=device)
-    out = Path(__file__).parent / "results" / f"tasks_{args.name}.json"
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"tasks_{args.name}.json"
     result = {"pipeline": args.name, "trained_steps": pipeline.meta.get("step"), "clips": args.clips,
               "steps": args.steps, "guidance": args.guidance, "device": device, "machine": platform.processor(),
               "threads": args.threads, "tasks": {}}

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from avdit_mini.audio_ae import AudioAEConfig, AudioAutoencoder, LogMel
-from avdit_mini.video_ae import (TINY_VIDEO_CONFIG, VideoAEConfig, VideoAutoencoder, cell_means, depth_to_space,
-                                 reconstruction_loss, space_to_depth, tubelets, untubelets)
+from avdit_mini.video_ae import (TINY_VIDEO_CONFIG, VideoAEConfig, VideoAutoencoder, cell_means, edge_error,
+                                 reconstruction_loss, tubelets, untubelets)
 
 TINY_AUDIO = AudioAEConfig(channels=(16, 16, 16), blocks=1, groups=4, griffin_lim_iters=2)
 
@@ -43,11 +43,6 @@ def test_griffin_lim_is_deterministic():
 def test_audio_wrong_input(shape):
     with pytest.raises(ValueError, match=r"expected mono audio \[B, 34000\] at 16 kHz"):
         AudioAutoencoder(TINY_AUDIO).encode(torch.zeros(shape))
-
-
-def test_space_to_depth_round_trip():
-    x = torch.randn(2, 3, 5, 8, 8)
-    assert torch.equal(depth_to_space(space_to_depth(x, 2), 2), x)
 
 
 def test_tubelets_round_trip_and_layout():
@@ -121,3 +116,25 @@ def test_video_loss_weights_the_object():
     on_object = video.clone()
     on_object[..., 30:34, 30:34] += 0.2
     assert reconstruction_loss(on_object, video)["loss"] > 2.5 * reconstruction_loss(off_object, video)["loss"]
+
+
+def test_refine_head_starts_as_the_identity():
+    """The sharpening head's last layer starts at zero: a fresh head leaves the decoder's output unchanged."""
+    torch.manual_seed(0)
+    with_head = VideoAutoencoder(TINY_VIDEO_CONFIG).eval()
+    without = VideoAutoencoder(VideoAEConfig(widths=(32, 64), refine_width=0)).eval()
+    without.load_state_dict({k: v for k, v in with_head.state_dict().items() if not k.startswith("refine.")})
+    latent = torch.randn(1, 8, 5, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(with_head.decode(latent), without.decode(latent))
+
+
+def test_edge_error_punishes_blur_more_than_mse_does():
+    """A blurred object costs little squared error but a lot of image-gradient error."""
+    video = torch.full((1, 3, 17, 64, 64), 0.1)
+    video[..., 28:36, 28:36] = 0.9
+    blurred = torch.nn.functional.avg_pool3d(video, (1, 3, 3), stride=1, padding=(0, 1, 1), count_include_pad=False)
+    assert edge_error(video, video) == 0
+    plain = reconstruction_loss(blurred, video)
+    with_edges = reconstruction_loss(blurred, video, edge=0.1)
+    assert plain["edge"] > 0 and torch.isclose(with_edges["loss"], plain["loss"] + 0.1 * plain["edge"])

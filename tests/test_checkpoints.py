@@ -84,3 +84,17 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
 def test_resume_without_state_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         _train(tmp_path / "none", "--resume")
+
+
+def test_finetune_decoder_keeps_the_encoder(tmp_path):
+    """--finetune-decoder trains the decoder only: the latents (and an AVDiT trained on them) stay valid."""
+    common = ["autoencoder", "--modality", "video", "--tiny", "--steps", "2", "--batch-size", "2", "--warmup", "1",
+              "--eval-clips", "0", "--no-manifest", "--threads", "1"]
+    main(common + ["--out", str(tmp_path / "base")])
+    main(common + ["--out", str(tmp_path / "tuned"), "--finetune-decoder", str(tmp_path / "base")])
+    base, _ = checkpoints.load_checkpoint(tmp_path / "base")
+    tuned, _ = checkpoints.load_checkpoint(tmp_path / "tuned")
+    assert all(torch.equal(base[k], tuned[k]) for k in base if k.startswith("encoder."))
+    assert any(not torch.equal(base[k], tuned[k]) for k in base if k.startswith("decoder."))
+    with pytest.raises(FileNotFoundError, match="no .* to start from"):
+        main(common + ["--out", str(tmp_path / "x"), "--finetune-decoder", str(tmp_path / "missing")])
