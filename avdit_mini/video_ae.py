@@ -13,7 +13,10 @@ The encoder's first layer is a causal 3-D convolution whose kernel equals its st
 (:func:`tubelets`) followed by a 1 x 1 convolution, which is the same operation. A strided 3 x 3
 convolution then halves space again (16 -> 8) and a 1 x 1 convolution maps to the C_v latent
 channels. The decoder mirrors it, and its first convolution is causal in time over 2 latent
-frames, so each group of 4 frames is drawn from its own latent frame and the one before.
+frames, so each group of 4 frames is drawn from its own latent frame and the one before. A small
+full-resolution sharpening head (:class:`Refine`, per frame) redraws the edges that cross tubelet
+borders; the shipped decoder was fine-tuned with it and an image-gradient loss (:func:`edge_error`)
+with the encoder frozen, so its latents are those of the first run.
 
 The network is shallow and wide on purpose: on the world's flat backgrounds a deep, normalised
 stack sits for thousands of steps on the background colour, while this one learns to draw the
