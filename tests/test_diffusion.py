@@ -111,6 +111,25 @@ def test_v_prediction_round_trip():
     assert torch.allclose(eps, noise, atol=1e-4) and torch.allclose(x0, clean.video, atol=1e-4)
 
 
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_loss_weights_the_clean_latent_error_by_snr(prediction):
+    """Chapter 7's identity: eps-MSE = SNR(t) |x0_hat - x0|^2 and v-MSE = (1 + SNR(t)) |x0_hat - x0|^2."""
+    diffusion = GridDiffusion(prediction=prediction)
+    clean = clean_latents()
+    noise = torch.randn(clean.video.shape, generator=torch.Generator().manual_seed(5))
+    output = torch.randn(clean.video.shape, generator=torch.Generator().manual_seed(6))  # any network output
+    for step in (50, 500, 950):
+        t = torch.full((2, 5), step)
+        x_t = diffusion.schedule.q_sample(clean.video, t, noise, time_dim=2)
+        loss = ((output - diffusion.target(clean.video, noise, t)) ** 2).mean()
+        _, x0_hat = diffusion.to_eps_x0(output, x_t, t)
+        x0_error = ((x0_hat - clean.video) ** 2).mean()
+        alpha_bar = diffusion.schedule.alpha_bar[step]
+        snr = alpha_bar / (1 - alpha_bar)
+        weight = snr if prediction == "epsilon" else 1 + snr
+        assert torch.allclose(loss, weight * x0_error, rtol=1e-3), (prediction, step)
+
+
 def test_bad_arguments_are_clear_errors():
     diffusion = GridDiffusion()
     with pytest.raises(ValueError, match="unknown sampler"):
