@@ -120,6 +120,6 @@ def load_pipeline(name: str = "monl", folder: str | Path = CHECKPOINTS, device: 
     scaler = LatentScaler(avdit.config.video_channels, avdit.config.audio_channels)
     scaler.load_state_dict({k[len("scaler."):]: v.float() for k, v in state.items() if k.startswith("scaler.")})
     pipeline = AVPipeline(load_autoencoder("video", folder), load_autoencoder("audio", folder), avdit.eval(),
-                          scaler, config.get("schedule", "cosine"), config.get("prediction", "epsilon"))
+                          scaler, config.get("schedule", "cosine"), config.get("prediction", avdit.config.prediction))
     pipeline.meta = meta
     return pipeline.to(device).eval()

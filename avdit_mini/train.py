@@ -374,7 +374,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
         raw = training_latents(args.clips, folder)
     scaler = LatentScaler(raw["video"].shape[1], raw["audio"].shape[1]).fit(raw["video"], raw["audio"])
     latents = dict(zip(("video", "audio"), scaler.scale(raw["video"], raw["audio"])))
-    config = AVDiTConfig.preset(args.preset, video_channels=raw["video"].shape[1], audio_channels=raw["audio"].shape[1])
+    config = AVDiTConfig.preset(args.preset, video_channels=raw["video"].shape[1], audio_channels=raw["audio"].shape[1],
+                                prediction=args.prediction)
     torch.manual_seed(args.seed)
     model = AVDiT(config).to(device)
     diffusion = GridDiffusion(NoiseSchedule(args.schedule, config.T), config.geometry, args.prediction)

@@ -58,6 +58,15 @@ def test_every_strategy_trains(workspace, strategy):
     assert len(log) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
 
 
+def test_v_prediction_is_recorded_and_loaded(workspace):
+    folder, latents = workspace
+    train(folder, latents, folder / "avdit_vpred", "--steps", "2", "--prediction", "v")
+    pipeline = load_pipeline("vpred", folder)
+    assert pipeline.diffusion.prediction == "v" and pipeline.avdit.config.prediction == "v"
+    train(folder, latents, folder / "avdit_epspred", "--steps", "2")
+    assert load_pipeline("epspred", folder).diffusion.prediction == "epsilon"  # the CLI's default, the paper's
+
+
 def test_ddp_with_two_cpu_processes(workspace):
     folder, latents = workspace
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
