@@ -41,7 +41,7 @@ class AVDiTConfig:
     heads: int = 4
     mlp_ratio: float = 4.0
     T: int = 1000
-    prediction: str = "epsilon"  # what the network is trained to output (epsilon or v); recorded with the weights
+    prediction: str = "epsilon"  # what the network outputs (epsilon or v); the pipeline's sampler reads it here
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:

@@ -57,11 +57,12 @@ class AVPipeline(nn.Module):
     """Autoencoders + latent scaler + AVDiT + grid diffusion: clips in, clips out (chapter 8)."""
 
     def __init__(self, video_ae: nn.Module, audio_ae: nn.Module, avdit: AVDiT, scaler: LatentScaler,
-                 schedule: str = "cosine", prediction: str = "epsilon"):
+                 schedule: str = "cosine"):
         super().__init__()
         self.video_ae, self.audio_ae, self.avdit, self.scaler = video_ae, audio_ae, avdit, scaler
         self.geometry: Geometry = avdit.config.geometry
-        self.diffusion = GridDiffusion(NoiseSchedule(schedule, avdit.config.T), self.geometry, prediction)
+        # what the network outputs (epsilon or v) is part of its config: one source for training and sampling
+        self.diffusion = GridDiffusion(NoiseSchedule(schedule, avdit.config.T), self.geometry, avdit.config.prediction)
         self.schedule_kind = schedule
 
     @property
@@ -120,6 +121,6 @@ def load_pipeline(name: str = "monl", folder: str | Path = CHECKPOINTS, device: 
     scaler = LatentScaler(avdit.config.video_channels, avdit.config.audio_channels)
     scaler.load_state_dict({k[len("scaler."):]: v.float() for k, v in state.items() if k.startswith("scaler.")})
     pipeline = AVPipeline(load_autoencoder("video", folder), load_autoencoder("audio", folder), avdit.eval(),
-                          scaler, config.get("schedule", "cosine"), config.get("prediction", avdit.config.prediction))
+                          scaler, config.get("schedule", "cosine"))
     pipeline.meta = meta
     return pipeline.to(device).eval()

@@ -378,7 +378,7 @@ def run_avdit(args: argparse.Namespace) -> dict:
                                 prediction=args.prediction)
     torch.manual_seed(args.seed)
     model = AVDiT(config).to(device)
-    diffusion = GridDiffusion(NoiseSchedule(args.schedule, config.T), config.geometry, args.prediction)
+    diffusion = GridDiffusion(NoiseSchedule(args.schedule, config.T), config.geometry, config.prediction)
     ema = EMA(model, args.ema)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     scheduler = warmup_cosine(optimizer, args.steps, args.warmup)
@@ -415,7 +415,7 @@ def run_avdit(args: argparse.Namespace) -> dict:
     def save(step: int, final: bool = False) -> None:
         if rank != 0:
             return
-        pipeline = AVPipeline(*autoencoders, ema.model, scaler, args.schedule, args.prediction)
+        pipeline = AVPipeline(*autoencoders, ema.model, scaler, args.schedule)
         save_pipeline(pipeline, stem, {"step": step, "loss_log": loss_log, "run": run_config,
                                         "command": command_line(args.argv), "final": final})
         tmp = state_path.with_name(state_path.name + ".tmp")

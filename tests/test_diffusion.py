@@ -124,8 +124,7 @@ def test_loss_weights_the_clean_latent_error_by_snr(prediction):
         loss = ((output - diffusion.target(clean.video, noise, t)) ** 2).mean()
         _, x0_hat = diffusion.to_eps_x0(output, x_t, t)
         x0_error = ((x0_hat - clean.video) ** 2).mean()
-        alpha_bar = diffusion.schedule.alpha_bar[step]
-        snr = alpha_bar / (1 - alpha_bar)
+        snr = diffusion.schedule.snr(torch.tensor(step))
         weight = snr if prediction == "epsilon" else 1 + snr
         assert torch.allclose(loss, weight * x0_error, rtol=1e-3), (prediction, step)
 
