@@ -17,7 +17,7 @@ import math
 import shlex
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -120,10 +120,15 @@ def log(message: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # Autoencoders (chapters 2-3)
 # ----------------------------------------------------------------------------------------------
-def build_autoencoder(modality: str, tiny: bool = False) -> tuple[nn.Module, dict]:
-    """The model and the config dict its checkpoint stores (what ``load_checkpoint`` compares)."""
+def build_autoencoder(modality: str, tiny: bool = False, **video_head) -> tuple[nn.Module, dict]:
+    """The model and the config dict its checkpoint stores (what ``load_checkpoint`` compares).
+
+    ``video_head``: ``refine_width`` / ``refine_depth`` / ``refine_hints`` of the video AE's
+    sharpening head, where given (not None).
+    """
     if modality == "video":
         model_config = TINY_VIDEO_CONFIG if tiny else VideoAEConfig()
+        model_config = replace(model_config, **{k: v for k, v in video_head.items() if v is not None})
         model = VideoAutoencoder(model_config)
     elif modality == "audio":
         model_config = TINY_AUDIO_CONFIG if tiny else AudioAEConfig()
@@ -138,22 +143,46 @@ def freeze_encoder_from(model: nn.Module, stem: Path) -> None:
     """Start from the weights of checkpoint ``stem`` and freeze the encoder: only the decoder trains.
 
     The latents stay exactly those of ``stem``, so an AVDiT trained on them stays valid. Layers the
-    checkpoint lacks (a decoder head added since) start from their initialisation.
+    checkpoint lacks (a decoder head added since) start from their initialisation; a layer that
+    grew (the decoder's read-out drawing hint channels besides the colours) keeps the stored rows
+    in its first rows; a sharpening head of another shape starts afresh.
     """
     if not checkpoints.checkpoint_paths(stem)["weights"].exists():
         raise FileNotFoundError(f"--finetune-decoder {stem}: no {stem}.safetensors to start from")
-    weights = load_file(str(checkpoints.checkpoint_paths(stem)["weights"]))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected or any(k.startswith("encoder.") for k in missing):
-        raise ValueError(f"{stem} does not fit this autoencoder: missing {missing}, unexpected {unexpected}")
+    stored = load_file(str(checkpoints.checkpoint_paths(stem)["weights"]))
+    own = model.state_dict()
+    unexpected = [k for k in stored if k not in own]
+    if unexpected or any(k.startswith("encoder.") and (k not in stored or stored[k].shape != v.shape) for k, v in own.items()):
+        raise ValueError(f"{stem} does not fit this autoencoder's encoder (unexpected {unexpected}); "
+                         "--finetune-decoder needs the same encoder")
+    weights, fresh = {}, set()
+    for key, value in own.items():
+        old = stored.get(key)
+        if old is not None and old.shape == value.shape:
+            weights[key] = old
+        elif old is not None and key.startswith("decoder.") and old.shape[1:] == value.shape[1:] and old.shape[0] < value.shape[0]:
+            weights[key] = torch.cat([old, value[old.shape[0]:]])  # grown read-out: the colours' rows kept
+            fresh.add(key.rsplit(".", 1)[0] + " (grown)")
+        else:
+            weights[key] = value
+            fresh.add(key.rsplit(".", 1)[0])
+    model.load_state_dict(weights)
     model.encoder.requires_grad_(False)
-    log(f"decoder fine-tune from {stem}: encoder frozen, new layers {sorted({k.rsplit('.', 1)[0] for k in missing})}")
+    log(f"decoder fine-tune from {stem}: encoder frozen, new layers {sorted(fresh)}")
 
 
-def autoencoder_loss(model: nn.Module, modality: str, batch: dict, edge: float = 0.0) -> dict[str, torch.Tensor]:
-    """Video: object-weighted MSE on pixels (+ ``edge`` x the image-gradient L1). Audio: L1 + MSE on normalised log-mel."""
+def autoencoder_loss(model: nn.Module, modality: str, batch: dict, edge: float = 0.0,
+                     frames: int = 0) -> dict[str, torch.Tensor]:
+    """Video: object-weighted MSE on pixels (+ ``edge`` x the image-gradient L1). Audio: L1 + MSE on normalised log-mel.
+
+    ``frames`` > 0 (video): the loss on that many random frames of the 17 (the same for the whole batch).
+    """
     if modality == "video":
-        return reconstruction_loss(model(batch["video"]), batch["video"], edge=edge)
+        video = batch["video"]
+        if not frames:
+            return reconstruction_loss(model(video), video, edge=edge)
+        chosen = torch.randperm(video.shape[2])[:frames].sort().values
+        return reconstruction_loss(model.decode_raw(model.encode(video), chosen), video[:, :, chosen], edge=edge)
     target = model.log_mel(batch["audio"])  # [B, 64, 136]
     error = model.decode(model.encode_mel(target)) - target
     l1, mse = error.abs().mean(), error.square().mean()
@@ -223,7 +252,8 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
     batch_size = args.batch_size or profile.batch_size
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    model, config = build_autoencoder(args.modality, args.tiny)
+    model, config = build_autoencoder(args.modality, args.tiny, refine_width=args.refine_width,
+                                      refine_depth=args.refine_depth, refine_hints=args.refine_hints)
     if args.finetune_decoder:
         freeze_encoder_from(model, Path(args.finetune_decoder))
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -259,7 +289,7 @@ def train_loop(model: nn.Module, args: argparse.Namespace, optimizer, scheduler,
     bar = tqdm(clip_loader(step, steps, batch_size, workers=args.workers), total=steps, initial=step, desc=f"{args.modality} AE",
                mininterval=5.0, file=sys.stdout)
     for batch in bar:
-        losses = autoencoder_loss(model, args.modality, batch, args.edge_weight)
+        losses = autoencoder_loss(model, args.modality, batch, args.edge_weight, args.loss_frames)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -285,11 +315,22 @@ def train_loop(model: nn.Module, args: argparse.Namespace, optimizer, scheduler,
 # ----------------------------------------------------------------------------------------------
 # AVDiT with MoNL (chapter 7)
 # ----------------------------------------------------------------------------------------------
+DECODING_SIDE = ("decoder.", "refine.", "inverter.")  # weights that do not change the latents
+
+
 def latent_cache_name(n_clips: int, folder: Path) -> Path:
-    """Where the encoded training latents live: named by the autoencoders' checkpoints and size."""
-    weights = "".join(checkpoints.sha256(folder / f"{name}.safetensors") for name in ("video_ae", "audio_ae"))
-    key = hashlib.sha256(weights.encode()).hexdigest()[:12]
-    return folder.resolve().parent / "latents" / f"train_{n_clips}_{key}.safetensors"
+    """Where the encoded training latents live: named by the autoencoders' *encoders* and the size.
+
+    Only the encoding side (front end and encoder) makes latents, so a decoder fine-tune
+    (``--finetune-decoder``) keeps the cache.
+    """
+    digest = hashlib.sha256()
+    for name in ("video_ae", "audio_ae"):
+        weights = load_file(str(folder / f"{name}.safetensors"))
+        for key in sorted(k for k in weights if not k.startswith(DECODING_SIDE)):
+            digest.update(key.encode())
+            digest.update(weights[key].float().numpy().tobytes())
+    return folder.resolve().parent / "latents" / f"train_{n_clips}_{digest.hexdigest()[:12]}.safetensors"
 
 
 def training_latents(n_clips: int, folder: Path, batch_size: int = 32) -> dict[str, torch.Tensor]:
@@ -345,6 +386,23 @@ def avdit_step_batch(latents: dict[str, torch.Tensor], args, step: int, rank: in
     return index, grid, strategy, generator
 
 
+def warm_start(model: AVDiT, scaler: LatentScaler, stem: Path, config: AVDiTConfig) -> None:
+    """``--init STEM``: start from a saved pipeline's (EMA) weights and keep its latent scaling.
+
+    The optimiser and the learning-rate schedule start afresh: a second run with a new warm-up and
+    cosine, on as many clips as this run is given. The network must be the same (preset, prediction).
+    """
+    state, meta = checkpoints.load_checkpoint(stem, train_hint="python -m avdit_mini.train avdit --out " + str(stem))
+    stored = meta["config"].get("avdit", {})
+    differing = checkpoints.config_differences(stored, asdict(config))
+    if differing:
+        raise ValueError(f"--init {stem}: its network differs from this run's in {differing}; "
+                         "pass the --preset and --prediction it was trained with")
+    model.load_state_dict({k[len("avdit."):]: v.float() for k, v in state.items() if k.startswith("avdit.")})
+    scaler.load_state_dict({k[len("scaler."):]: v.float() for k, v in state.items() if k.startswith("scaler.")})
+    log(f"warm start from {stem} (step {meta.get('step', '?')} of its run): its weights and latent scaling")
+
+
 def run_avdit(args: argparse.Namespace) -> dict:
     """``python -m avdit_mini.train avdit``: train an AVDiT on cached latents with a MoNL strategy."""
     import os
@@ -372,12 +430,16 @@ def run_avdit(args: argparse.Namespace) -> dict:
         raw = load_file(args.latents)
     else:
         raw = training_latents(args.clips, folder)
-    scaler = LatentScaler(raw["video"].shape[1], raw["audio"].shape[1]).fit(raw["video"], raw["audio"])
-    latents = dict(zip(("video", "audio"), scaler.scale(raw["video"], raw["audio"])))
     config = AVDiTConfig.preset(args.preset, video_channels=raw["video"].shape[1], audio_channels=raw["audio"].shape[1],
                                 prediction=args.prediction)
+    scaler = LatentScaler(raw["video"].shape[1], raw["audio"].shape[1])
     torch.manual_seed(args.seed)
     model = AVDiT(config).to(device)
+    if args.init:
+        warm_start(model, scaler, Path(args.init), config)  # its weights and its latent scaling
+    else:
+        scaler.fit(raw["video"], raw["audio"])
+    latents = dict(zip(("video", "audio"), scaler.scale(raw["video"], raw["audio"])))
     diffusion = GridDiffusion(NoiseSchedule(args.schedule, config.T), config.geometry, config.prediction)
     ema = EMA(model, args.ema)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
@@ -386,7 +448,7 @@ def run_avdit(args: argparse.Namespace) -> dict:
     stem.parent.mkdir(parents=True, exist_ok=True)
     run_config = {"kind": "avdit", "strategy": args.strategy, "preset": args.preset, "schedule": args.schedule,
                   "prediction": args.prediction, "clips": args.clips, "batch_size": args.batch_size, "lr": args.lr,
-                  "steps": args.steps, "seed": args.seed, "weights": args.weights}
+                  "steps": args.steps, "seed": args.seed, "weights": args.weights, "init": args.init}
     start, loss_log = 0, []
     state_path = checkpoints.checkpoint_paths(stem)["state"]
     if args.resume and state_path.exists():
@@ -473,6 +535,8 @@ def add_avdit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clips", type=int, default=None, help="training clips to encode (default: the profile's)")
     parser.add_argument("--latents", default=None, help="a .safetensors of latents to train on instead of encoding clips")
     parser.add_argument("--autoencoders", default="data/checkpoints", help="folder with video_ae / audio_ae")
+    parser.add_argument("--init", default=None, metavar="STEM",
+                        help="start from this saved AVDiT (e.g. data/checkpoints/avdit_monl) with a fresh optimiser and schedule")
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--clip", type=float, default=1.0, help="gradient clipping norm")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -511,6 +575,12 @@ def build_parser() -> argparse.ArgumentParser:
     autoencoder.add_argument("--tiny", action="store_true", help="a tiny model (tests)")
     autoencoder.add_argument("--finetune-decoder", default=None, metavar="STEM",
                              help="start from checkpoint STEM and train the decoder only (the latents do not change)")
+    for name, what in (("width", "features"), ("depth", "3 x 3 convolutions"), ("hints", "hint channels the decoder draws for it")):
+        autoencoder.add_argument(f"--refine-{name}", type=int, default=None,
+                                 help=f"video: the sharpening head's {what} (default: VideoAEConfig's)")
+    autoencoder.add_argument("--loss-frames", type=int, default=0,
+                             help="video: train on this many random frames of each clip's 17 (0: all); the "
+                                  "sharpening head is then run on those only, which makes a wide head affordable")
     autoencoder.add_argument("--edge-weight", type=float, default=0.0,
                              help="video: weight of the L1 loss on image gradients (sharp edges, flat colour)")
     add_common_arguments(autoencoder)

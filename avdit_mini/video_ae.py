@@ -44,6 +44,8 @@ class VideoAEConfig:
     decoder_time_kernel: int = 2  # latent frames the decoder's first convolution sees (1: none of the past)
     hidden_layers: int = 0  # extra 3 x 3 conv + SiLU layers at each resolution, each side
     refine_width: int = 16  # features of the full-resolution sharpening head (0: none)
+    refine_depth: int = 3  # its 3 x 3 convolutions (dilations 1, 2, 4, ... then 1): a view of 1 + 2 (1 + 2 + ... ) pixels
+    refine_hints: int = 0  # extra channels the decoder draws for the head only (what the colours alone do not say)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,25 +133,31 @@ class Refine(nn.Module):
 
     Every pixel of a tubelet is a linear read-out of one 16 x 16-grid feature vector, so edges
     that cut across tubelets come out soft and small squares and triangles look like discs.
-    Three 3 x 3 convolutions over the frame (the middle one dilated: a 9 x 9 view) redraw the
-    edges. They act on one frame at a time, so causality is untouched; the last layer starts at
-    zero, so the head starts as the identity.
+    ``depth`` 3 x 3 convolutions over the frame (the middle ones dilated 2, 4, ...: a 9 x 9 view at
+    depth 3, 17 x 17 at depth 4) redraw the edges. Besides the three colours the head may read
+    ``hints`` extra channels that the decoder draws for it alone: the decoder knows more about
+    the object (its latent says "triangle") than a blurred picture shows. The head acts on one frame
+    at a time, so causality is untouched; its last layer starts at zero, so it starts as the identity.
     """
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, depth: int = 3, hints: int = 0):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(width, width, 3, padding=2, dilation=2), nn.SiLU(),
-            nn.Conv2d(width, 3, 3, padding=1),
-        )
+        if depth < 2:
+            raise ValueError(f"the sharpening head needs depth >= 2, got {depth}")
+        layers: list[nn.Module] = [nn.Conv2d(3 + hints, width, 3, padding=1), nn.SiLU()]
+        for i in range(depth - 2):
+            dilation = 2 ** (i + 1)
+            layers += [nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation), nn.SiLU()]
+        layers.append(nn.Conv2d(width, 3, 3, padding=1))
+        self.net = nn.Sequential(*layers)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """[B, 3 + hints, T, H, W] -> a correction [B, 3, T, H, W] to add to the colours."""
         b, c, t, h, w = video.shape
-        frames = video.transpose(1, 2).reshape(b * t, c, h, w)  # every frame on its own: [B T, 3, H, W]
-        return self.net(frames).reshape(b, t, c, h, w).transpose(1, 2)
+        frames = video.transpose(1, 2).reshape(b * t, c, h, w)  # every frame on its own: [B T, C, H, W]
+        return self.net(frames).reshape(b, t, 3, h, w).transpose(1, 2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,6 +174,9 @@ class VideoAutoencoder(nn.Module):
             raise ValueError(f"tubelet patch {c.patch} x 2 (the strided conv) != video_space_down {g.video_space_down}")
         self.time = g.video_time_down
         tubelet = 3 * self.time * c.patch**2  # 192 numbers per tubelet
+        if c.refine_hints and not c.refine_width:
+            raise ValueError("refine_hints need a sharpening head (refine_width > 0)")
+        drawn = (3 + c.refine_hints) * self.time * c.patch**2  # the colours, then the head's hint channels
         w1, w2 = c.widths
         hidden = lambda w, k=1: [m for _ in range(c.hidden_layers) for m in (nn.SiLU(), CausalConv3d(w, w, k))]  # noqa: E731
         self.encoder = nn.Sequential(
@@ -184,9 +195,9 @@ class VideoAutoencoder(nn.Module):
             CausalConv3d(w2, w1, 1, 3),
             *hidden(w1),
             nn.SiLU(),
-            CausalConv3d(w1, tubelet, 1, 1),  # then unfold each vector into its 4 x 4 x 4 tubelet
+            CausalConv3d(w1, drawn, 1, 1),  # then unfold each vector into its 4 x 4 x 4 tubelet
         )
-        self.refine = Refine(c.refine_width) if c.refine_width else None
+        self.refine = Refine(c.refine_width, c.refine_depth, c.refine_hints) if c.refine_width else None
 
     def _check_video(self, video: torch.Tensor) -> None:
         g = self.geometry
@@ -200,15 +211,23 @@ class VideoAutoencoder(nn.Module):
         self._check_video(video)
         return self.encoder(tubelets(video * 2.0 - 1.0, self.time, self.config.patch))  # via [B, 192, 5, 16, 16]
 
-    def decode_raw(self, latent: torch.Tensor) -> torch.Tensor:
-        """Latent -> video, unclamped (what the training loss sees)."""
+    def decode_raw(self, latent: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """Latent -> video, unclamped (what the training loss sees).
+
+        ``frames`` (indices into the 17): sharpen and return only these frames. The head works on
+        each frame alone, so training on a few random frames per clip is an unbiased and much
+        cheaper estimate of the loss on all of them.
+        """
         g, c = self.geometry, self.config
         expected = (c.latent_channels, g.video_latent_frames, *g.video_latent_hw)
         if latent.ndim != 5 or tuple(latent.shape[1:]) != expected:
             raise ValueError(f"expected a video latent [B, {', '.join(map(str, expected))}], got {list(latent.shape)}")
-        video = untubelets(self.decoder(latent), self.time, c.patch)  # [B, 3, 17, 64, 64] in about [-1, 1]
+        drawn = untubelets(self.decoder(latent), self.time, c.patch)  # [B, 3 + hints, 17, 64, 64]
+        if frames is not None:
+            drawn = drawn[:, :, frames]
+        video = drawn[:, :3]  # the colours, in about [-1, 1]
         if self.refine is not None:
-            video = video + self.refine(video)
+            video = video + self.refine(drawn)
         return video * 0.5 + 0.5
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:

@@ -138,3 +138,15 @@ def test_edge_error_punishes_blur_more_than_mse_does():
     plain = reconstruction_loss(blurred, video)
     with_edges = reconstruction_loss(blurred, video, edge=0.1)
     assert plain["edge"] > 0 and torch.isclose(with_edges["loss"], plain["loss"] + 0.1 * plain["edge"])
+
+
+def test_decoding_chosen_frames_equals_decoding_all_then_choosing():
+    """The head works frame by frame, so the cheap training path (a few frames) is exactly the full one."""
+    torch.manual_seed(0)
+    model = VideoAutoencoder(VideoAEConfig(widths=(32, 64), refine_width=8, refine_depth=4, refine_hints=2)).eval()
+    torch.nn.init.normal_(model.refine.net[-1].weight, std=0.1)  # a head that does something
+    latent, frames = torch.randn(2, 8, 5, 8, 8), torch.tensor([0, 3, 16])
+    with torch.no_grad():
+        assert torch.allclose(model.decode_raw(latent, frames), model.decode_raw(latent)[:, :, frames], atol=1e-6)
+    with pytest.raises(ValueError, match="need a sharpening head"):
+        VideoAutoencoder(VideoAEConfig(refine_width=0, refine_hints=2))

@@ -98,3 +98,40 @@ def test_finetune_decoder_keeps_the_encoder(tmp_path):
     assert any(not torch.equal(base[k], tuned[k]) for k in base if k.startswith("decoder."))
     with pytest.raises(FileNotFoundError, match="no .* to start from"):
         main(common + ["--out", str(tmp_path / "x"), "--finetune-decoder", str(tmp_path / "missing")])
+
+
+def test_finetune_decoder_into_a_wider_head_starts_where_the_old_decoder_was(tmp_path):
+    """A head with hint channels: the read-out keeps its colour rows, the new head starts as the identity,
+    so the fine-tune begins with the stored decoder's pictures (minus the old head's correction)."""
+    from avdit_mini.train import build_autoencoder, freeze_encoder_from
+
+    common = ["autoencoder", "--modality", "video", "--tiny", "--steps", "2", "--batch-size", "2", "--warmup", "1",
+              "--eval-clips", "0", "--no-manifest", "--threads", "1"]
+    main(common + ["--out", str(tmp_path / "base"), "--refine-width", "0"])
+    base, _ = build_autoencoder("video", tiny=True, refine_width=0)
+    base.load_state_dict(checkpoints.load_checkpoint(tmp_path / "base")[0])
+    wide, _ = build_autoencoder("video", tiny=True, refine_width=8, refine_depth=4, refine_hints=2)
+    freeze_encoder_from(wide, tmp_path / "base")
+    assert not any(p.requires_grad for p in wide.encoder.parameters())
+    video = torch.rand(1, 3, 17, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(base.encode(video), wide.encode(video))
+        assert torch.allclose(base.decode(base.encode(video)), wide.decode(wide.encode(video)), atol=1e-6)
+    main(common + ["--out", str(tmp_path / "wide"), "--finetune-decoder", str(tmp_path / "base"),
+                   "--refine-width", "8", "--refine-depth", "4", "--refine-hints", "2", "--loss-frames", "3"])
+    assert checkpoints.load_checkpoint(tmp_path / "wide")[1]["config"]["model"]["refine_hints"] == 2
+
+
+def test_latent_cache_is_named_by_the_encoders_only(tmp_path):
+    """A decoder fine-tune keeps the cached training latents; a new encoder does not."""
+    from avdit_mini.train import latent_cache_name
+
+    for name, config in (("video_ae", {"encoder.w": torch.ones(2), "decoder.w": torch.ones(2)}),
+                         ("audio_ae", {"log_mel.fb": torch.ones(2), "encoder.w": torch.ones(2), "inverter.w": torch.ones(2)})):
+        checkpoints.save_checkpoint(tmp_path / name, config, {"kind": name})
+    first = latent_cache_name(64, tmp_path)
+    checkpoints.save_checkpoint(tmp_path / "video_ae", {"encoder.w": torch.ones(2), "decoder.w": torch.zeros(2)}, {"kind": "v"})
+    assert latent_cache_name(64, tmp_path) == first
+    checkpoints.save_checkpoint(tmp_path / "audio_ae", {"log_mel.fb": torch.zeros(2), "encoder.w": torch.ones(2)}, {"kind": "a"})
+    assert latent_cache_name(64, tmp_path) != first
+    assert latent_cache_name(128, tmp_path) != latent_cache_name(64, tmp_path)

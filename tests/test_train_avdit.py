@@ -78,3 +78,21 @@ def test_ddp_with_two_cpu_processes(workspace):
     assert result.returncode == 0, result.stderr[-3000:]
     meta = json.loads((folder / "avdit_ddp.json").read_text())
     assert meta["step"] == 3 and len(meta["loss_log"]) == 3
+
+
+def test_init_warm_starts_from_a_saved_pipeline(workspace):
+    """--init: the new run starts from the saved (EMA) weights and keeps their latent scaling."""
+    folder, latents = workspace
+    train(folder, latents, folder / "avdit_first", "--steps", "3")
+    first = load_pipeline("first", folder)
+    other = folder / "latents_other.safetensors"  # other clips, other statistics: the scaling must not be refitted
+    g = torch.Generator().manual_seed(1)
+    save_file({"video": 3 * torch.randn(16, 8, 5, 8, 8, generator=g), "audio": torch.randn(16, 8, 34, generator=g) + 1}, str(other))
+    result = train(folder, other, folder / "avdit_second", "--steps", "2", "--init", str(folder / "avdit_first"))
+    second = load_pipeline("second", folder)
+    assert json.loads((folder / "avdit_second.json").read_text())["run"]["init"] == str(folder / "avdit_first")
+    assert all(torch.equal(a, b) for a, b in zip(first.scaler.state_dict().values(), second.scaler.state_dict().values()))
+    cold = train(folder, other, folder / "avdit_cold", "--steps", "2")
+    assert result["loss_log"][0]["loss"] != cold["loss_log"][0]["loss"]  # it did not start from a fresh network
+    with pytest.raises(ValueError, match="network differs"):
+        train(folder, latents, folder / "avdit_x", "--steps", "1", "--init", str(folder / "avdit_first"), "--prediction", "v")
