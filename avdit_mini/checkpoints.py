@@ -194,7 +194,8 @@ def update_manifest(folder: str | Path, name: str, files: list[str | Path], comm
     """Add or replace entry ``name`` in ``<folder>/MANIFEST.json`` with each file's sha256 and size.
 
     ``commands`` keeps the whole chain that made the files: a ``--resume`` run appends to the
-    commands of the run it continued, any other run starts the list again.
+    commands of the run it continued, an ``--init STEM`` run (a warm start) to the commands that
+    made ``STEM`` (where this MANIFEST lists it), and any other run starts the list again.
     """
     folder = Path(folder)
     manifest_path = folder / MANIFEST_NAME
@@ -205,11 +206,14 @@ def update_manifest(folder: str | Path, name: str, files: list[str | Path], comm
         key = os.path.relpath(file.resolve(), folder.resolve())  # paths in the MANIFEST are relative to it
         entries[Path(key).as_posix()] = {"sha256": sha256(file), "bytes": file.stat().st_size}
     previous = manifest.get(name, {})
+    words = command.split()
+    if "--init" in words[:-1] and "--resume" not in words:
+        previous = manifest.get(Path(words[words.index("--init") + 1]).name, {})
     chain = previous.get("commands", [previous["command"]] if "command" in previous else [])
     manifest[name] = {
         "files": entries,
         "command": command,
-        "commands": chain + [command] if "--resume" in command else [command],
+        "commands": chain + [command] if ("--resume" in words or "--init" in words) else [command],
         "metrics": metrics or {},
         "config": _normalise(config or {}),
         "updated_at": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -63,6 +63,19 @@ def test_manifest_records_sha256(tmp_path):
     assert all(checkpoints.verify_manifest(tmp_path).values())
 
 
+def test_manifest_keeps_the_chain_of_commands(tmp_path):
+    """A resumed run and a warm start (--init) record every command that made their weights."""
+    paths = list(checkpoints.save_checkpoint(tmp_path / "a", _state(), {"v": 1}).values())
+    checkpoints.update_manifest(tmp_path, "a", paths, "train --out a")
+    checkpoints.update_manifest(tmp_path, "a", paths, "train --out a --resume")
+    checkpoints.update_manifest(tmp_path, "b", paths, f"train --init {tmp_path / 'a'} --out b")
+    checkpoints.update_manifest(tmp_path, "c", paths, "train --out c")
+    manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
+    assert manifest["a"]["commands"] == ["train --out a", "train --out a --resume"]
+    assert manifest["b"]["commands"] == manifest["a"]["commands"] + [f"train --init {tmp_path / 'a'} --out b"]
+    assert manifest["c"]["commands"] == ["train --out c"]
+
+
 def _train(stem, *extra: str) -> None:
     main(["autoencoder", "--modality", "audio", "--tiny", "--steps", "4", "--batch-size", "2", "--warmup", "2",
           "--out", str(stem), "--eval-clips", "0", "--no-manifest", "--threads", "1", *extra])
