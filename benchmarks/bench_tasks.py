@@ -36,7 +36,8 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipeline = load_pipeline(args.name, device=device)
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"tasks_{args.name}.json"
-    result = {"pipeline": args.name, "trained_steps": pipeline.meta.get("step"), "clips": args.clips,
+    result = {"pipeline": args.name, "trained_steps": pipeline.meta.get("step"),
+              "warm_started_from": pipeline.meta.get("run", {}).get("init"), "clips": args.clips,
               "steps": args.steps, "guidance": args.guidance, "device": device, "machine": platform.processor(),
               "threads": args.threads, "tasks": {}}
     for task in args.tasks:
