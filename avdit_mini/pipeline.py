@@ -110,6 +110,12 @@ def _avdit_config(values: dict) -> AVDiTConfig:
     return _dataclass_from_dict(AVDiTConfig, values)
 
 
+def load_pipeline_state(state: dict, avdit: AVDiT, scaler: LatentScaler) -> None:
+    """Fill ``avdit`` and ``scaler`` from a saved pipeline's tensors (``avdit.*`` and ``scaler.*``)."""
+    for prefix, module in (("avdit.", avdit), ("scaler.", scaler)):
+        module.load_state_dict({k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)})
+
+
 def load_pipeline(name: str = "monl", folder: str | Path = CHECKPOINTS, device: str | torch.device = "cpu",
                   ) -> AVPipeline:
     """The pipeline ``<folder>/avdit_<name>`` with the autoencoders of ``folder`` (chapter 8)."""
@@ -117,9 +123,8 @@ def load_pipeline(name: str = "monl", folder: str | Path = CHECKPOINTS, device: 
     state, meta = load_checkpoint(stem, train_hint=f"python -m avdit_mini.train avdit --strategy {name}")
     config = meta["config"]
     avdit = AVDiT(_avdit_config(config["avdit"]))
-    avdit.load_state_dict({k[len("avdit."):]: v.float() for k, v in state.items() if k.startswith("avdit.")})
     scaler = LatentScaler(avdit.config.video_channels, avdit.config.audio_channels)
-    scaler.load_state_dict({k[len("scaler."):]: v.float() for k, v in state.items() if k.startswith("scaler.")})
+    load_pipeline_state(state, avdit, scaler)
     pipeline = AVPipeline(load_autoencoder("video", folder), load_autoencoder("audio", folder), avdit.eval(),
                           scaler, config.get("schedule", "cosine"))
     pipeline.meta = meta

@@ -36,7 +36,7 @@ from .data import WorldDataset, collate
 from .diffusion import GridDiffusion, Latents
 from .latents import LatentScaler, encode_dataset
 from .monl import STRATEGIES, conditional_grid, sample_timestep_grid
-from .pipeline import AVPipeline, load_autoencoder, save_pipeline
+from .pipeline import AVPipeline, load_autoencoder, load_pipeline_state, save_pipeline
 from .schedules import NoiseSchedule
 from .tasks import resolve_task
 from .video_ae import TINY_VIDEO_CONFIG, VideoAEConfig, VideoAutoencoder, psnr, reconstruction_loss
@@ -398,8 +398,7 @@ def warm_start(model: AVDiT, scaler: LatentScaler, stem: Path, config: AVDiTConf
     if differing:
         raise ValueError(f"--init {stem}: its network differs from this run's in {differing}; "
                          "pass the --preset and --prediction it was trained with")
-    model.load_state_dict({k[len("avdit."):]: v.float() for k, v in state.items() if k.startswith("avdit.")})
-    scaler.load_state_dict({k[len("scaler."):]: v.float() for k, v in state.items() if k.startswith("scaler.")})
+    load_pipeline_state(state, model, scaler)
     log(f"warm start from {stem} (step {meta.get('step', '?')} of its run): its weights and latent scaling")
 
 

@@ -44,7 +44,7 @@ class VideoAEConfig:
     decoder_time_kernel: int = 2  # latent frames the decoder's first convolution sees (1: none of the past)
     hidden_layers: int = 0  # extra 3 x 3 conv + SiLU layers at each resolution, each side
     refine_width: int = 16  # features of the full-resolution sharpening head (0: none)
-    refine_depth: int = 3  # its 3 x 3 convolutions (dilations 1, 2, 4, ... then 1): a view of 1 + 2 (1 + 2 + ... ) pixels
+    refine_depth: int = 3  # its 3 x 3 convolutions, dilated 1, 2, 4, ... then 1: a 9 x 9 view at depth 3, 17 x 17 at 4
     refine_hints: int = 0  # extra channels the decoder draws for the head only (what the colours alone do not say)
 
     def to_dict(self) -> dict:
@@ -215,8 +215,8 @@ class VideoAutoencoder(nn.Module):
         """Latent -> video, unclamped (what the training loss sees).
 
         ``frames`` (indices into the 17): sharpen and return only these frames. The head works on
-        each frame alone, so training on a few random frames per clip is an unbiased and much
-        cheaper estimate of the loss on all of them.
+        each frame alone, so the loss on a few random frames per clip estimates the loss on all of
+        them (up to the normalisation by those frames' object weights) at a fraction of the cost.
         """
         g, c = self.geometry, self.config
         expected = (c.latent_channels, g.video_latent_frames, *g.video_latent_hw)
