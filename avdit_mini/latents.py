@@ -233,27 +233,30 @@ class LatentScaler(torch.nn.Module):
 
 @torch.no_grad()
 def encode_dataset(video_ae, audio_ae, dataset, batch_size: int = 32, cache: str | None = None,
-                   progress: bool = True) -> dict[str, Tensor]:
+                   progress: bool = True, workers: int = 0) -> dict[str, Tensor]:
     """Encode every clip of ``dataset`` once: ``{"video": [N, Cv, 5, h, w], "audio": [N, Ca, 34]}``.
 
     With ``cache`` (a .safetensors path) the latents are read from it when it exists and written
     to it (atomically) otherwise. The cache name should say which autoencoders and clips made it.
+    ``workers`` > 0 generates the clips in that many processes (the encoders then run on their
+    own device, e.g. a GPU, while the CPUs make clips).
     """
     if cache is not None and Path(cache).exists():
         return load_file(cache)
 
     from .data import collate  # data imports nothing from here, but latents sits below data in the book's order
 
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers)
     if progress:
         from tqdm.auto import tqdm
 
         loader = tqdm(loader, desc="encoding clips", leave=False)
     device = next(video_ae.parameters()).device
     videos, audios = [], []
-    for batch in loader:
-        videos.append(video_ae.encode(batch["video"].to(device)).cpu())
-        audios.append(audio_ae.encode(batch["audio"].to(device)).cpu())
+    with torch.no_grad():
+        for batch in loader:
+            videos.append(video_ae.encode(batch["video"].to(device)).cpu())
+            audios.append(audio_ae.encode(batch["audio"].to(device)).cpu())
     latents = {"video": torch.cat(videos), "audio": torch.cat(audios)}
     if cache is not None:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)

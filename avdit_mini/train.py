@@ -181,7 +181,7 @@ def autoencoder_loss(model: nn.Module, modality: str, batch: dict, edge: float =
         video = batch["video"]
         if not frames:
             return reconstruction_loss(model(video), video, edge=edge)
-        chosen = torch.randperm(video.shape[2])[:frames].sort().values
+        chosen = torch.randperm(video.shape[2])[:frames].sort().values.to(video.device)
         return reconstruction_loss(model.decode_raw(model.encode(video), chosen), video[:, :, chosen], edge=edge)
     target = model.log_mel(batch["audio"])  # [B, 64, 136]
     error = model.decode(model.encode_mel(target)) - target
@@ -189,18 +189,24 @@ def autoencoder_loss(model: nn.Module, modality: str, batch: dict, edge: float =
     return {"loss": l1 + mse, "l1": l1.detach(), "mse": mse.detach()}
 
 
-def val_batches(n_clips: int, batch_size: int) -> Iterator[dict]:
-    """Held-out clips from the ``val`` split, in batches."""
+def to_device(batch: dict, device: torch.device) -> dict:
+    """A collated batch with its tensors on ``device`` (the factors stay as they are)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def val_batches(n_clips: int, batch_size: int, device: torch.device | str = "cpu") -> Iterator[dict]:
+    """Held-out clips from the ``val`` split, in batches, on ``device``."""
     dataset = WorldDataset(n_clips, "val")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=0)
-    yield from loader
+    for batch in loader:
+        yield to_device(batch, torch.device(device))
 
 
 @torch.no_grad()
 def quick_eval(model: nn.Module, modality: str, n_clips: int = 8) -> dict:
     """A cheap number for the log at each checkpoint: val PSNR (video) or log-mel L1 (audio)."""
     model.eval()
-    batch = next(val_batches(n_clips, n_clips))
+    batch = next(val_batches(n_clips, n_clips, next(model.parameters()).device))
     if modality == "video":
         result = {"val_psnr": float(psnr(model.decode(model.encode(batch["video"])), batch["video"]).mean())}
     else:
@@ -218,8 +224,9 @@ def evaluate_autoencoder(model: nn.Module, modality: str, n_clips: int, batch_si
     audio) is replaced by its reconstruction -- so the drop is what the autoencoder costs.
     """
     model.eval()
+    device = next(model.parameters()).device
     originals, reconstructed, scores = [], [], []
-    for batch in val_batches(n_clips, batch_size):
+    for batch in val_batches(n_clips, batch_size, device):
         if modality == "video":
             recon = model.decode(model.encode(batch["video"]))
             scores += psnr(recon, batch["video"]).tolist()
@@ -228,6 +235,7 @@ def evaluate_autoencoder(model: nn.Module, modality: str, n_clips: int, batch_si
             log_mel = model(batch["audio"])
             scores += (log_mel - target).abs().flatten(1).mean(dim=1).tolist()
             recon = model.mel_to_audio(log_mel)
+        batch, recon = to_device(batch, torch.device("cpu")), recon.cpu()  # the probes read on the CPU
         for i, factors in enumerate(batch["factors"]):
             original = {"video": batch["video"][i], "audio": batch["audio"][i], "factors": factors}
             originals.append(original)
@@ -256,6 +264,8 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
                                       refine_depth=args.refine_depth, refine_hints=args.refine_hints)
     if args.finetune_decoder:
         freeze_encoder_from(model, Path(args.finetune_decoder))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     scheduler = warmup_cosine(optimizer, steps, args.warmup)
@@ -268,7 +278,7 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
         log(f"resumed {stem} at step {step}")
     parameters = sum(p.numel() for p in model.parameters())
     log(f"{args.modality} autoencoder: {parameters:,} parameters, {steps} steps of {batch_size} clips, "
-        f"{args.threads} threads, profile {profile.name}")
+        f"{args.threads} threads, {args.workers} data workers, device {device}, profile {profile.name}")
     step, loss_log = train_loop(model, args, optimizer, scheduler, stem, config, step, steps, batch_size, loss_log)
     metrics = evaluate_autoencoder(model, args.modality, args.eval_clips) if args.eval_clips else {}
     log(f"metrics: {metrics}")
@@ -288,7 +298,9 @@ def train_loop(model: nn.Module, args: argparse.Namespace, optimizer, scheduler,
     model.train()
     bar = tqdm(clip_loader(step, steps, batch_size, workers=args.workers), total=steps, initial=step, desc=f"{args.modality} AE",
                mininterval=5.0, file=sys.stdout)
+    device = next(model.parameters()).device
     for batch in bar:
+        batch = to_device(batch, device)
         losses = autoencoder_loss(model, args.modality, batch, args.edge_weight, args.loss_frames)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
@@ -333,12 +345,18 @@ def latent_cache_name(n_clips: int, folder: Path) -> Path:
     return folder.resolve().parent / "latents" / f"train_{n_clips}_{digest.hexdigest()[:12]}.safetensors"
 
 
-def training_latents(n_clips: int, folder: Path, batch_size: int = 32) -> dict[str, torch.Tensor]:
-    """Encode ``n_clips`` train clips with the shipped autoencoders, once (cached on disk)."""
+def training_latents(n_clips: int, folder: Path, batch_size: int = 32, workers: int = 0,
+                     device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Encode ``n_clips`` train clips with the shipped autoencoders, once (cached on disk).
 
-    video_ae, audio_ae = load_autoencoder("video", folder), load_autoencoder("audio", folder)
-    return encode_dataset(video_ae, audio_ae, WorldDataset(n_clips, "train"), batch_size,
-                          cache=str(latent_cache_name(n_clips, folder)))
+    ``workers`` processes generate the clips; the encoders run on ``device``.
+    """
+    cache = latent_cache_name(n_clips, folder)
+    if cache.exists():
+        return load_file(str(cache))
+    video_ae, audio_ae = (load_autoencoder(m, folder).to(device) for m in ("video", "audio"))
+    return encode_dataset(video_ae, audio_ae, WorldDataset(n_clips, "train"), batch_size, cache=str(cache),
+                          workers=workers)
 
 
 def timestep_grids(strategy: str, batch_size: int, generator: torch.Generator, T: int,
@@ -369,8 +387,7 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))  # warm-up: early averages forget faster
-        for ema_p, p in zip(self.model.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach(), 1 - decay)
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
 
 
 def avdit_step_batch(latents: dict[str, torch.Tensor], args, step: int, rank: int, world: int):
@@ -428,7 +445,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
 
         raw = load_file(args.latents)
     else:
-        raw = training_latents(args.clips, folder)
+        raw = training_latents(args.clips, folder, batch_size=64 if device.type == "cuda" else 32,
+                               workers=args.workers, device=device)
     config = AVDiTConfig.preset(args.preset, video_channels=raw["video"].shape[1], audio_channels=raw["audio"].shape[1],
                                 prediction=args.prediction)
     scaler = LatentScaler(raw["video"].shape[1], raw["audio"].shape[1])
@@ -439,6 +457,10 @@ def run_avdit(args: argparse.Namespace) -> dict:
     else:
         scaler.fit(raw["video"], raw["audio"])
     latents = dict(zip(("video", "audio"), scaler.scale(raw["video"], raw["audio"])))
+    if device.type == "cuda":  # a few hundred MB at most: keep the training set on the GPU
+        latents = {k: v.to(device) for k, v in latents.items()}
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     diffusion = GridDiffusion(NoiseSchedule(args.schedule, config.T), config.geometry, config.prediction)
     ema = EMA(model, args.ema)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
@@ -484,9 +506,26 @@ def run_avdit(args: argparse.Namespace) -> dict:
                     "scheduler": scheduler.state_dict(), "step": step, "loss_log": loss_log}, tmp)
         os.replace(tmp, state_path)
 
+    pending = []  # (step, strategies, [loss, grad norm, per-strategy losses...] still on the device)
+
+    def flush() -> None:
+        """Bring the pending steps' numbers to the host in one transfer and append them to the log.
+
+        On a GPU, reading a number every step would make the CPU wait for the GPU every step.
+        """
+        if not pending:
+            return
+        values = torch.stack([v for _, _, v in pending]).float().cpu().tolist()
+        for (record_step, strategies, _), row in zip(pending, values):
+            loss_log.append({"step": record_step, "loss": round(row[0], 5), "grad_norm": round(row[1], 4),
+                             "per_strategy": dict(zip(strategies, row[2:]))})
+        pending.clear()
+        bar.set_postfix(loss=f"{loss_log[-1]['loss']:.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+
     step = start
     for step in bar:
         index, grid, strategy, generator = avdit_step_batch(latents, args, step, rank, world)
+        index = index.to(device)
         clean = Latents(latents["video"][index].to(device), latents["audio"][index].to(device))
         with autocast:
             loss, per_cell = diffusion.loss(trained, clean, grid.to(device), generator=None if device.type == "cuda" else generator)
@@ -496,11 +535,14 @@ def run_avdit(args: argparse.Namespace) -> dict:
         optimizer.step()
         scheduler.step()
         ema.update(model, step)
-        per_strategy = {int(s): float(per_cell[strategy == s].nanmean()) for s in strategy.unique().tolist()}
-        loss_log.append({"step": step, "loss": round(float(loss.detach()), 5), "grad_norm": round(float(grad_norm), 4),
-                         "per_strategy": per_strategy})
-        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+        strategies = strategy.unique().tolist()
+        on_device = strategy.to(device)
+        per_strategy = [per_cell[on_device == s].nanmean() for s in strategies]
+        pending.append((step, strategies, torch.stack([loss.detach().float(), grad_norm.float(), *per_strategy])))
+        if device.type != "cuda" or len(pending) >= 50:
+            flush()
         if timer.due():
+            flush()
             save(step + 1)
             if rank == 0:
                 recent = np.mean([r["loss"] for r in loss_log[-200:]])
@@ -511,6 +553,7 @@ def run_avdit(args: argparse.Namespace) -> dict:
             if rank == 0:
                 log(f"--max-minutes {args.max_minutes} reached at step {step + 1}")
             break
+    flush()
     final_step = step + 1 if args.steps > start else start
     save(final_step, final=final_step >= args.steps)
     if rank == 0 and not args.no_manifest:
