@@ -507,6 +507,7 @@ def run_avdit(args: argparse.Namespace) -> dict:
         os.replace(tmp, state_path)
 
     pending = []  # (step, strategies, [loss, grad norm, per-strategy losses...] still on the device)
+    sync_every = args.sync_every or (50 if device.type == "cuda" else 1)
 
     def flush() -> None:
         """Bring the pending steps' numbers to the host in one transfer and append them to the log.
@@ -515,8 +516,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
         """
         if not pending:
             return
-        values = torch.stack([v for _, _, v in pending]).float().cpu().tolist()
-        for (record_step, strategies, _), row in zip(pending, values):
+        values = torch.cat([v for _, _, v in pending]).float().cpu().split([len(v) for _, _, v in pending])
+        for (record_step, strategies, _), row in zip(pending, (v.tolist() for v in values)):
             loss_log.append({"step": record_step, "loss": round(row[0], 5), "grad_norm": round(row[1], 4),
                              "per_strategy": dict(zip(strategies, row[2:]))})
         pending.clear()
@@ -539,7 +540,7 @@ def run_avdit(args: argparse.Namespace) -> dict:
         on_device = strategy.to(device)
         per_strategy = [per_cell[on_device == s].nanmean() for s in strategies]
         pending.append((step, strategies, torch.stack([loss.detach().float(), grad_norm.float(), *per_strategy])))
-        if device.type != "cuda" or len(pending) >= 50:
+        if len(pending) >= sync_every:
             flush()
         if timer.due():
             flush()
@@ -582,6 +583,8 @@ def add_avdit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--clip", type=float, default=1.0, help="gradient clipping norm")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--sync-every", type=int, default=None,
+                        help="read the loss log back from the device every N steps (default: 50 on a GPU, 1 on a CPU)")
     parser.add_argument("--T", type=int, default=1000)
     parser.add_argument("--quiet", action="store_true")
     add_common_arguments(parser)

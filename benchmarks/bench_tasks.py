@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from avdit_mini.metrics import evaluate_task
-from avdit_mini.pipeline import load_pipeline
+from avdit_mini import checkpoints
+from avdit_mini.pipeline import CHECKPOINTS, load_pipeline
 from avdit_mini.tasks import TASKS
 
 
@@ -39,7 +40,11 @@ def main() -> None:
     result = {"pipeline": args.name, "trained_steps": pipeline.meta.get("step"),
               "warm_started_from": pipeline.meta.get("run", {}).get("init"), "clips": args.clips,
               "steps": args.steps, "guidance": args.guidance, "device": device, "machine": platform.processor(),
-              "threads": args.threads, "tasks": {}}
+              "threads": args.threads,
+              # which autoencoders decoded the generations (their sha256 in data/checkpoints/MANIFEST.json)
+              "autoencoders": {name: checkpoints.sha256(CHECKPOINTS / f"{name}.safetensors")[:12]
+                               for name in ("video_ae", "audio_ae")},
+              "tasks": {}}
     for task in args.tasks:
         began = time.perf_counter()
         result["tasks"][task] = evaluate_task(pipeline, task, args.clips, steps=args.steps, guidance=args.guidance,

@@ -51,6 +51,29 @@ def test_resume_gives_the_same_loss_curve(workspace):
     assert pipeline.avdit.config.dim == 64
 
 
+def test_reading_the_log_every_few_steps_changes_nothing(workspace):
+    """--sync-every (what a GPU run does, 50 steps at a time) gives the per-step log of a CPU run, resume included."""
+    folder, latents = workspace
+    every_step = train(folder, latents, folder / "avdit_sync1")["loss_log"]
+    train(folder, latents, folder / "avdit_sync4", "--sync-every", "4", "--stop-after", "5")
+    batched = train(folder, latents, folder / "avdit_sync4", "--sync-every", "4", "--resume")["loss_log"]
+    assert batched == every_step and [r["step"] for r in batched] == list(range(6))
+    assert all(set(r) == {"step", "loss", "grad_norm", "per_strategy"} and r["per_strategy"] for r in batched)
+
+
+def test_latents_encoded_by_worker_processes_are_the_same(workspace):
+    """Clips made by DataLoader workers (a GPU session's encoding) give the latents of the main process."""
+    from avdit_mini.data import WorldDataset
+    from avdit_mini.latents import encode_dataset
+    from avdit_mini.pipeline import load_autoencoder
+
+    folder, _ = workspace
+    video_ae, audio_ae = load_autoencoder("video", folder), load_autoencoder("audio", folder)
+    alone = encode_dataset(video_ae, audio_ae, WorldDataset(6, "train"), batch_size=4, progress=False)
+    workers = encode_dataset(video_ae, audio_ae, WorldDataset(6, "train"), batch_size=4, progress=False, workers=2)
+    assert alone["video"].shape == (6, 8, 5, 8, 8) and all(torch.equal(alone[k], workers[k]) for k in alone)
+
+
 @pytest.mark.parametrize("strategy", ["vanilla", "per_modality", "per_time", "per_time_modality", "conditional:a2v"])
 def test_every_strategy_trains(workspace, strategy):
     folder, latents = workspace
