@@ -44,8 +44,12 @@ def device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.machine()})"
 
 
-def time_training(preset: str, batch_size: int, seconds: float = 4.0) -> dict:
-    """Full training steps of one preset on random latents: steps/s, TFLOP/s, MFU."""
+def time_training(preset: str, batch_size: int, seconds: float = 4.0, compile: bool = False) -> dict:
+    """Full training steps of one preset on random latents: steps/s, TFLOP/s, MFU.
+
+    ``compile``: the network runs through ``torch.compile`` (its compilation, in the warm-up steps,
+    is timed apart); the FLOPs are counted on the eager network, which does the same arithmetic.
+    """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     config = AVDiTConfig.preset(preset, prediction="v")
@@ -58,10 +62,12 @@ def time_training(preset: str, batch_size: int, seconds: float = 4.0) -> dict:
                     torch.randn(batch_size, config.audio_channels, g.audio_latent_frames, device=device))
     generator = torch.Generator().manual_seed(0)
 
+    network = torch.compile(model) if compile else model
+
     def step() -> None:
         grid = sample_timestep_grid(batch_size, generator=generator).to(device)
         with autocast:
-            loss, _ = diffusion.loss(model, clean, grid)
+            loss, _ = diffusion.loss(network, clean, grid)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -75,9 +81,11 @@ def time_training(preset: str, batch_size: int, seconds: float = 4.0) -> dict:
             loss, _ = diffusion.loss(model, clean, grid)
         loss.backward()
     flops = counter.get_total_flops()
+    warm = time.perf_counter()
     for _ in range(5):
         step()
     synchronize()
+    warmup_seconds = time.perf_counter() - warm
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         for _ in range(10):
@@ -90,7 +98,8 @@ def time_training(preset: str, batch_size: int, seconds: float = 4.0) -> dict:
     return {"preset": preset, "parameters": num_parameters(model), "batch_size": batch_size,
             "steps_per_s": round(steps / elapsed, 2), "clips_per_s": round(steps * batch_size / elapsed, 1),
             "gflop_per_step": round(flops / 1e9, 2), "tflops": round(tflops, 2),
-            "mfu_percent": round(100 * tflops / peak, 3) if peak else None}
+            "mfu_percent": round(100 * tflops / peak, 3) if peak else None,
+            "compiled": compile, "warmup_seconds": round(warmup_seconds, 1)}
 
 
 def time_sampling(batch_sizes: list[int], steps: int = 50) -> list[dict]:
@@ -121,6 +130,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256, 512])
     parser.add_argument("--sample-batch-sizes", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--seconds", type=float, default=4.0, help="timing window per configuration")
+    parser.add_argument("--compile", action="store_true", help="also time each configuration through torch.compile")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "gpu.json"))
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -131,8 +141,9 @@ def main() -> None:
     training = []
     for preset in args.presets:
         for batch_size in args.batch_sizes:
-            training.append(time_training(preset, batch_size, args.seconds))
-            print(training[-1], flush=True)
+            for compiled in (False, True) if args.compile else (False,):
+                training.append(time_training(preset, batch_size, args.seconds, compiled))
+                print(training[-1], flush=True)
     sampling = time_sampling(args.sample_batch_sizes)
     result = {"device": name, "peak_bf16_tflops": peak_tflops(name), "torch": torch.__version__,
               "host": platform.node(), "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
