@@ -2,8 +2,9 @@
 
     python benchmarks/bench_switch.py --high monl --low monl_10k --task continue_2 --clips 200 --thresholds 300 700
 
-For each threshold it runs the task twice -- model A for the steps whose largest t is above the
-threshold and model B below, then the other way round -- and records the probes' measures.
+It runs each model alone, then for each threshold the task twice -- model A for the steps whose
+largest t is above the threshold and model B below, then the other way round -- with the same
+clips and noise every time, and records the probes' measures.
 Writes ``benchmarks/results/switch_<task>.json``.
 """
 
@@ -47,16 +48,17 @@ def main() -> None:
     networks = {args.high: a.avdit, args.low: b.avdit}
     keys = ("video_shape", "video_size", "video_colour", "boundary_jump_error_px", "bounces_matched", "audio_shape")
     results = {"task": args.task, "clips": args.clips, "steps": args.steps, "runs": []}
-    for threshold in args.thresholds:
-        for high, low in ((args.high, args.low), (args.low, args.high)):
-            a.avdit = Switch(networks[high], networks[low], threshold).eval()
-            began = time.perf_counter()
-            measured = evaluate_task(a, args.task, args.clips, steps=args.steps, batch_size=50)
-            run = {"above": high, "below": low, "threshold": threshold,
-                   **{k: measured[k] for k in keys if measured.get(k) is not None},
-                   "seconds": round(time.perf_counter() - began, 1)}
-            results["runs"].append(run)
-            print(run, flush=True)
+    pairs = [(args.high, args.high, 0), (args.low, args.low, 0)]  # each model alone, with the same clips and noise
+    pairs += [pair + (threshold,) for threshold in args.thresholds for pair in ((args.high, args.low), (args.low, args.high))]
+    for high, low, threshold in pairs:
+        a.avdit = Switch(networks[high], networks[low], threshold).eval()
+        began = time.perf_counter()
+        measured = evaluate_task(a, args.task, args.clips, steps=args.steps, batch_size=50)
+        run = {"above": high, "below": low, "threshold": threshold,
+               **{k: measured[k] for k in keys if measured.get(k) is not None},
+               "seconds": round(time.perf_counter() - began, 1)}
+        results["runs"].append(run)
+        print(run, flush=True)
     out = Path(__file__).parent / "results" / f"switch_{args.task}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
