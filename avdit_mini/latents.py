@@ -253,10 +253,9 @@ def encode_dataset(video_ae, audio_ae, dataset, batch_size: int = 32, cache: str
         loader = tqdm(loader, desc="encoding clips", leave=False)
     device = next(video_ae.parameters()).device
     videos, audios = [], []
-    with torch.no_grad():
-        for batch in loader:
-            videos.append(video_ae.encode(batch["video"].to(device)).cpu())
-            audios.append(audio_ae.encode(batch["audio"].to(device)).cpu())
+    for batch in loader:  # (no gradients: the function is decorated with torch.no_grad)
+        videos.append(video_ae.encode(batch["video"].to(device)).cpu())
+        audios.append(audio_ae.encode(batch["audio"].to(device)).cpu())
     latents = {"video": torch.cat(videos), "audio": torch.cat(audios)}
     if cache is not None:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)

@@ -351,12 +351,9 @@ def training_latents(n_clips: int, folder: Path, batch_size: int = 32, workers: 
 
     ``workers`` processes generate the clips; the encoders run on ``device``.
     """
-    cache = latent_cache_name(n_clips, folder)
-    if cache.exists():
-        return load_file(str(cache))
     video_ae, audio_ae = (load_autoencoder(m, folder).to(device) for m in ("video", "audio"))
-    return encode_dataset(video_ae, audio_ae, WorldDataset(n_clips, "train"), batch_size, cache=str(cache),
-                          workers=workers)
+    return encode_dataset(video_ae, audio_ae, WorldDataset(n_clips, "train"), batch_size,
+                          cache=str(latent_cache_name(n_clips, folder)), workers=workers)
 
 
 def timestep_grids(strategy: str, batch_size: int, generator: torch.Generator, T: int,

@@ -26,6 +26,7 @@ from avdit_mini.data import WorldDataset, collate
 from avdit_mini.diffusion import GridDiffusion, Latents
 from avdit_mini.monl import sample_timestep_grid
 from avdit_mini.schedules import NoiseSchedule
+from avdit_mini.train import EMA
 
 # dense bf16 tensor-core peaks (TFLOP/s, no sparsity) of the chips this may run on
 PEAK_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "T4": 65.0}
@@ -54,7 +55,7 @@ def time_training(preset: str, batch_size: int, seconds: float = 4.0, compile: b
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     config = AVDiTConfig.preset(preset, prediction="v")
     model = AVDiT(config).to(device)
-    ema = AVDiT(config).to(device).requires_grad_(False)
+    ema = EMA(model, 0.999)
     diffusion = GridDiffusion(NoiseSchedule("cosine", config.T), config.geometry, config.prediction)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     g = config.geometry
@@ -72,8 +73,7 @@ def time_training(preset: str, batch_size: int, seconds: float = 4.0, compile: b
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 0.001)
+        ema.update(model, 1000)  # the training loop's EMA, past its warm-up
 
     grid = sample_timestep_grid(batch_size, generator=torch.Generator().manual_seed(1)).to(device)
     with FlopCounterMode(display=False) as counter:
