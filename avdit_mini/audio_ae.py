@@ -62,8 +62,67 @@ class LogMel(nn.Module):
         return torch.exp(log_mel * LOG_MEL_STD + LOG_MEL_MEAN)
 
 
+def magnitude_spectrogram(audio: torch.Tensor, geometry: Geometry | None = None) -> torch.Tensor:
+    """Audio [B, S] -> linear STFT magnitude [B, n_fft / 2 + 1, S // hop]: what the mel scale summarises."""
+    g = geometry or Geometry()
+    _check_audio(audio, g)
+    window = torch.hann_window(g.n_fft, device=audio.device)
+    stft = torch.stft(audio.float(), g.n_fft, g.hop_length, window=window, center=True, return_complex=True)
+    return stft.abs()[..., : g.mel_frames]  # [B, 513, 136], the same frames as the log-mel
+
+
+@dataclass(frozen=True)
+class PostNetConfig:
+    """The learned mel -> linear spectrogram step (stored in ``vocoder.json``)."""
+
+    channels: int = 192
+    blocks: int = 3
+    groups: int = 16
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SpectrogramPostNet(nn.Module):
+    """Normalised log-mel [B, 64, 136] -> natural-log linear magnitude [B, 513, 136]. Chapter 2.
+
+    64 mel bands summarise 513 frequency bins: above 1 kHz one band spans several harmonics'
+    worth of bins, and a least-squares inverse spreads a harmonic over the whole band. The world's
+    sounds are few and regular (a sine, a square wave's odd harmonics, noise), so a small network
+    learns where inside each band the energy really sits -- Tacotron's post-net (Wang et al.,
+    2017) did the same for speech before Griffin-Lim. A few 1-D residual blocks, 3 frames wide.
+    """
+
+    def __init__(self, config: PostNetConfig | None = None, geometry: Geometry | None = None):
+        super().__init__()
+        self.config = c = config or PostNetConfig()
+        self.geometry = g = geometry or Geometry()
+        self.net = nn.Sequential(nn.Conv1d(g.n_mels, c.channels, 3, padding=1),
+                                 *_stage(c.channels, c.channels, c.blocks, c.groups),
+                                 nn.GroupNorm(min(c.groups, c.channels), c.channels), nn.SiLU(),
+                                 nn.Conv1d(c.channels, g.n_fft // 2 + 1, 1))
+
+    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        g = self.geometry
+        if log_mel.ndim != 3 or log_mel.shape[1] != g.n_mels:
+            raise ValueError(f"expected a normalised log-mel [B, {g.n_mels}, frames], got {list(log_mel.shape)}")
+        return self.net(log_mel)
+
+
+def postnet_loss(predicted_log: torch.Tensor, magnitude: torch.Tensor) -> dict[str, torch.Tensor]:
+    """L1 of log magnitudes (every bin, quiet ones too) + 10 x L1 of magnitudes (the loud bins: harmonics)."""
+    target_log = torch.log(magnitude.clamp_min(LOG_FLOOR))
+    log_l1 = (predicted_log - target_log).abs().mean()
+    linear_l1 = (predicted_log.exp() - magnitude).abs().mean()
+    return {"loss": log_l1 + 10 * linear_l1, "log_l1": log_l1.detach(), "linear_l1": linear_l1.detach()}
+
+
 class MelInverter(nn.Module):
-    """Normalised log-mel [B, 64, 136] -> audio [B, 34000]: InverseMelScale + Griffin-Lim. Chapter 2."""
+    """Normalised log-mel [B, 64, 136] -> audio [B, 34000]: mel -> linear spectrogram, then Griffin-Lim. Chapter 2.
+
+    The linear spectrogram comes from ``InverseMelScale`` (least squares), or from a trained
+    :class:`SpectrogramPostNet` once one is attached (``inverter.postnet = ...``).
+    """
 
     def __init__(self, geometry: Geometry | None = None, n_iter: int = 32, momentum: float = 0.99):
         super().__init__()
@@ -74,13 +133,20 @@ class MelInverter(nn.Module):
         self.griffin_lim = torchaudio.transforms.GriffinLim(
             n_fft=g.n_fft, hop_length=g.hop_length, power=1.0, n_iter=n_iter, momentum=momentum,
             length=g.audio_samples, rand_init=False)  # zero-phase start: deterministic
+        self.postnet: SpectrogramPostNet | None = None
+
+    @torch.no_grad()
+    def spectrogram(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """Normalised log-mel [B, 64, 136] -> linear magnitude [B, 513, 137] (center=True frames)."""
+        if self.postnet is not None:
+            magnitude = self.postnet(log_mel.float()).exp()
+        else:
+            magnitude = self.inverse_mel(LogMel.denormalise(log_mel.float())).clamp_min(0.0)
+        return torch.cat([magnitude, magnitude[..., -1:]], dim=-1)  # 136 -> 137 frames
 
     @torch.no_grad()
     def forward(self, log_mel: torch.Tensor, seed: int = 0) -> torch.Tensor:
-        mel = LogMel.denormalise(log_mel.float())
-        mel = torch.cat([mel, mel[..., -1:]], dim=-1)  # [B, 64, 136] -> [B, 64, 137] (center=True frames)
-        spectrogram = self.inverse_mel(mel).clamp_min(0.0)  # [B, 513, 137]
-        audio = self.griffin_lim(spectrogram)  # [B, 34000]
+        audio = self.griffin_lim(self.spectrogram(log_mel))  # [B, 34000]
         return audio.clamp(-1.0, 1.0)
 
 
@@ -198,5 +264,5 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["LogMel", "MelInverter", "AudioAEConfig", "AudioAutoencoder", "count_parameters",
+__all__ = ["LogMel", "MelInverter", "SpectrogramPostNet", "PostNetConfig", "magnitude_spectrogram", "postnet_loss", "AudioAEConfig", "AudioAutoencoder", "count_parameters",
            "LOG_MEL_MEAN", "LOG_MEL_STD", "LOG_FLOOR"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .audio_ae import AudioAEConfig, AudioAutoencoder
+from .audio_ae import AudioAEConfig, AudioAutoencoder, PostNetConfig, SpectrogramPostNet
 from .avdit import AVDiT, AVDiTConfig
 from .checkpoints import load_checkpoint, save_checkpoint
 from .config import Geometry
@@ -23,6 +23,7 @@ from .schedules import NoiseSchedule
 from .video_ae import VideoAEConfig, VideoAutoencoder
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
+VOCODERS = ("auto", "postnet", "griffin-lim")
 
 
 def _dataclass_from_dict(cls, values: dict):
@@ -31,8 +32,25 @@ def _dataclass_from_dict(cls, values: dict):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})
 
 
-def load_autoencoder(modality: str, folder: str | Path = CHECKPOINTS) -> nn.Module:
-    """The shipped (or your own) video or audio autoencoder, in eval mode (chapters 2-3)."""
+def load_postnet(folder: str | Path = CHECKPOINTS) -> SpectrogramPostNet:
+    """The trained mel -> linear spectrogram post-net ``<folder>/vocoder`` (chapter 2)."""
+    stem = Path(folder) / "vocoder"
+    state, meta = load_checkpoint(stem, train_hint="python -m avdit_mini.train vocoder --out data/checkpoints/vocoder")
+    postnet = SpectrogramPostNet(_dataclass_from_dict(PostNetConfig, meta["config"]["model"]),
+                                 _dataclass_from_dict(Geometry, meta["config"]["geometry"]))
+    postnet.load_state_dict({k: v.float() for k, v in state.items()})
+    return postnet.eval().requires_grad_(False)
+
+
+def load_autoencoder(modality: str, folder: str | Path = CHECKPOINTS, vocoder: str = "auto") -> nn.Module:
+    """The shipped (or your own) video or audio autoencoder, in eval mode (chapters 2-3).
+
+    ``vocoder`` (audio): ``"postnet"`` attaches the trained mel -> linear post-net of ``folder``
+    before Griffin-Lim, ``"griffin-lim"`` inverts the mel scale by least squares, ``"auto"`` uses
+    the post-net where ``folder`` has one.
+    """
+    if vocoder not in VOCODERS:
+        raise ValueError(f"vocoder must be one of {VOCODERS}, got {vocoder!r}")
     if modality not in ("video", "audio"):
         raise ValueError(f"modality must be 'video' or 'audio', got {modality!r}")
     stem = Path(folder) / f"{modality}_ae"
@@ -50,7 +68,14 @@ def load_autoencoder(modality: str, folder: str | Path = CHECKPOINTS) -> nn.Modu
             f"{stem}.safetensors does not fit the {modality} autoencoder of this code (the architecture changed "
             f"since it was trained); retrain it with `python -m avdit_mini.train autoencoder --modality {modality} "
             f"--out {stem}` or check out the code that made it\n{error}") from error
+    if modality == "audio" and (vocoder == "postnet" or (vocoder == "auto" and (Path(folder) / "vocoder.safetensors").exists())):
+        model.inverter.postnet = load_postnet(folder)
     return model.eval().requires_grad_(False)
+
+
+def vocoder_name(audio_ae: nn.Module) -> str:
+    """Which mel -> waveform path an audio autoencoder uses: ``"postnet"`` or ``"griffin-lim"``."""
+    return "postnet" if audio_ae.inverter.postnet is not None else "griffin-lim"
 
 
 class AVPipeline(nn.Module):
@@ -117,15 +142,17 @@ def load_pipeline_state(state: dict, avdit: AVDiT, scaler: LatentScaler) -> None
 
 
 def load_pipeline(name: str = "monl", folder: str | Path = CHECKPOINTS, device: str | torch.device = "cpu",
-                  ) -> AVPipeline:
-    """The pipeline ``<folder>/avdit_<name>`` with the autoencoders of ``folder`` (chapter 8)."""
+                  vocoder: str = "auto") -> AVPipeline:
+    """The pipeline ``<folder>/avdit_<name>`` with the autoencoders of ``folder`` (chapter 8).
+
+    ``vocoder``: how decoded log-mels become waveforms (see :func:`load_autoencoder`)."""
     stem = Path(folder) / f"avdit_{name}"
     state, meta = load_checkpoint(stem, train_hint=f"python -m avdit_mini.train avdit --strategy {name}")
     config = meta["config"]
     avdit = AVDiT(_avdit_config(config["avdit"]))
     scaler = LatentScaler(avdit.config.video_channels, avdit.config.audio_channels)
     load_pipeline_state(state, avdit, scaler)
-    pipeline = AVPipeline(load_autoencoder("video", folder), load_autoencoder("audio", folder), avdit.eval(),
+    pipeline = AVPipeline(load_autoencoder("video", folder), load_autoencoder("audio", folder, vocoder), avdit.eval(),
                           scaler, config.get("schedule", "cosine"))
     pipeline.meta = meta
     return pipeline.to(device).eval()

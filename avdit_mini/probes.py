@@ -235,15 +235,25 @@ def drone_frequency(audio: np.ndarray, sample_rate: int = 16_000) -> float:
     return float(_DRONES[int(np.argmax(scores))])
 
 
-def measure_audio(audio: torch.Tensor, sample_rate: int = 16_000) -> dict:
-    """What the soundtrack says: impact times (s), timbre, pitch and size, drone and background."""
+def measure_audio(audio: torch.Tensor, sample_rate: int = 16_000, span: tuple[float, float] | None = None) -> dict:
+    """What the soundtrack says: impact times (s), timbre, pitch and size, drone and background.
+
+    ``span=(start, end)`` in seconds measures the identity on that stretch alone: only the impacts
+    that begin inside it vote for timbre and pitch, and the drone is read from its samples (the
+    impact times are still those of the whole clip). Chapter 8 uses it to judge the generated
+    segments of a continuation without the given ones.
+    """
     if audio.ndim != 1:
         raise ValueError(f"audio must be mono [S], got shape {list(audio.shape)}")
     samples = audio.detach().float().cpu().numpy().astype(np.float64)
+    if span is not None and not 0 <= span[0] < span[1]:
+        raise ValueError(f"span must be (start, end) in seconds with 0 <= start < end, got {span}")
     onsets = onset_times(samples, sample_rate)
     signal = highpass(samples, sample_rate)
     timbres, pitches, weights = [], [], []
     for onset in onsets:
+        if span is not None and not span[0] <= onset < span[1]:
+            continue
         start = int(onset * sample_rate) + int(0.003 * sample_rate)
         freqs, power = _impact_spectrum(signal, start, sample_rate)
         if freqs is None:
@@ -252,7 +262,8 @@ def measure_audio(audio: torch.Tensor, sample_rate: int = 16_000) -> dict:
         timbres.append(timbre)
         pitches.append(pitch)
         weights.append(float(power.sum()))
-    drone = drone_frequency(samples, sample_rate)
+    drone = drone_frequency(samples if span is None else samples[int(span[0] * sample_rate): int(span[1] * sample_rate)],
+                            sample_rate)
     timbre = _weighted_vote(timbres, weights)
     pitch = float(np.exp(np.median(np.log(pitches)))) if pitches else float("nan")
     size = int(np.argmin([abs(math.log(pitch / p)) for p in PITCHES])) if pitches else None

@@ -29,7 +29,8 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from . import checkpoints, probes
-from .audio_ae import AudioAEConfig, AudioAutoencoder
+from .audio_ae import (AudioAEConfig, AudioAutoencoder, PostNetConfig, SpectrogramPostNet, magnitude_spectrogram,
+                       postnet_loss)
 from .avdit import AVDiT, AVDiTConfig, num_parameters
 from .config import Geometry, get_profile
 from .data import WorldDataset, collate
@@ -266,42 +267,64 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
         freeze_encoder_from(model, Path(args.finetune_decoder))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
-    scheduler = warmup_cosine(optimizer, steps, args.warmup)
-    stem, step, loss_log = Path(args.out), 0, []
-    if args.resume:
-        weights, _ = checkpoints.load_checkpoint(stem, config, train_hint=command_line(args.argv).replace(" --resume", ""))
-        model.load_state_dict(weights)
-        state = checkpoints.load_training_state(stem, optimizer, scheduler)
-        step, loss_log = state["step"], state["loss_log"]
-        log(f"resumed {stem} at step {step}")
+    optimizer, scheduler, step, loss_log = optimiser_and_resume(model, args, config, steps)
+    stem = Path(args.out)
     parameters = sum(p.numel() for p in model.parameters())
     log(f"{args.modality} autoencoder: {parameters:,} parameters, {steps} steps of {batch_size} clips, "
         f"{args.threads} threads, {args.workers} data workers, device {device}, profile {profile.name}")
     step, loss_log = train_loop(model, args, optimizer, scheduler, stem, config, step, steps, batch_size, loss_log)
     metrics = evaluate_autoencoder(model, args.modality, args.eval_clips) if args.eval_clips else {}
     log(f"metrics: {metrics}")
+    save_final(stem, model, config, optimizer, scheduler, step, loss_log, metrics, args, parameters, batch_size)
+    return metrics
+
+
+def optimiser_and_resume(model: nn.Module, args: argparse.Namespace, config: dict, steps: int):
+    """AdamW over the trainable weights with warm-up + cosine; with ``--resume``, everything back from ``--out``."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    scheduler = warmup_cosine(optimizer, steps, args.warmup)
+    step, loss_log = 0, []
+    if args.resume:
+        stem = Path(args.out)
+        weights, _ = checkpoints.load_checkpoint(stem, config, train_hint=command_line(args.argv).replace(" --resume", ""))
+        model.load_state_dict(weights)
+        state = checkpoints.load_training_state(stem, optimizer, scheduler)
+        step, loss_log = state["step"], state["loss_log"]
+        log(f"resumed {stem} at step {step}")
+    return optimizer, scheduler, step, loss_log
+
+
+def save_final(stem: Path, model: nn.Module, config: dict, optimizer, scheduler, step: int, loss_log: list,
+               metrics: dict, args: argparse.Namespace, parameters: int, batch_size: int) -> None:
+    """The last checkpoint, with its metrics and the command that made it, and its MANIFEST entry."""
     extra = {"metrics": metrics, "command": command_line(args.argv), "parameters": parameters, "batch_size": batch_size}
     save_all(stem, model, config, optimizer, scheduler, step, loss_log, extra)
     if not args.no_manifest:
         files = [checkpoints.checkpoint_paths(stem)[k] for k in ("weights", "meta")]
         checkpoints.update_manifest(stem.parent, stem.name, files, command_line(args.argv), metrics, config)
-    return metrics
 
 
 def train_loop(model: nn.Module, args: argparse.Namespace, optimizer, scheduler, stem: Path, config: dict,
-               step: int, steps: int, batch_size: int, loss_log: list) -> tuple[int, list]:
-    """The optimisation loop with the checkpoint timer and the wall-clock budget."""
+               step: int, steps: int, batch_size: int, loss_log: list, loss_fn=None, quick=None,
+               desc: str | None = None) -> tuple[int, list]:
+    """The optimisation loop with the checkpoint timer and the wall-clock budget.
+
+    ``loss_fn(batch, step)`` gives the losses of a batch (default: the autoencoder's of ``args.modality``);
+    ``quick()`` a cheap number for the log at each checkpoint (default: ``quick_eval``).
+    """
+    if loss_fn is None:
+        loss_fn = lambda batch, _: autoencoder_loss(model, args.modality, batch, args.edge_weight, args.loss_frames)  # noqa: E731
+        quick = lambda: quick_eval(model, args.modality)  # noqa: E731
     timer, started, first_step = CheckpointTimer(args.save_every_seconds), time.monotonic(), step
     deadline = started + 60 * args.max_minutes if args.max_minutes else math.inf
     model.train()
-    bar = tqdm(clip_loader(step, steps, batch_size, workers=args.workers), total=steps, initial=step, desc=f"{args.modality} AE",
-               mininterval=5.0, file=sys.stdout)
+    bar = tqdm(clip_loader(step, steps, batch_size, workers=args.workers), total=steps, initial=step,
+               desc=desc or f"{args.modality} AE", mininterval=5.0, file=sys.stdout)
     device = next(model.parameters()).device
     for batch in bar:
         batch = to_device(batch, device)
-        losses = autoencoder_loss(model, args.modality, batch, args.edge_weight, args.loss_frames)
+        losses = loss_fn(batch, step)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -313,7 +336,7 @@ def train_loop(model: nn.Module, args: argparse.Namespace, optimizer, scheduler,
         out_of_time = time.monotonic() >= deadline
         if timer.due() or out_of_time or (args.stop_after and step >= args.stop_after):
             save_all(stem, model, config, optimizer, scheduler, step, loss_log)
-            log(f"step {step}: loss {np.mean(loss_log[-50:]):.5f} {quick_eval(model, args.modality)} "
+            log(f"step {step}: loss {np.mean(loss_log[-50:]):.5f} {quick() if quick else ''} "
                 f"({(step - first_step) / max(time.monotonic() - started, 1e-9):.2f} steps/s this run) -> {stem}")
         if out_of_time:
             log(f"--max-minutes {args.max_minutes} reached at step {step}/{steps}: stopping")
@@ -322,6 +345,79 @@ def train_loop(model: nn.Module, args: argparse.Namespace, optimizer, scheduler,
             break
     bar.close()
     return step, loss_log
+
+
+# ----------------------------------------------------------------------------------------------
+# The vocoder's post-net: log-mel -> linear spectrogram, before Griffin-Lim (chapter 2)
+# ----------------------------------------------------------------------------------------------
+def build_postnet(tiny: bool = False) -> tuple[SpectrogramPostNet, dict]:
+    """The post-net and the config dict its checkpoint stores."""
+    model_config = PostNetConfig(channels=16, blocks=1, groups=4) if tiny else PostNetConfig()
+    return SpectrogramPostNet(model_config), {"kind": "vocoder", "model": model_config.to_dict(),
+                                              "geometry": asdict(Geometry())}
+
+
+def postnet_inputs(audio_ae: nn.Module, audio: torch.Tensor, step: int) -> torch.Tensor:
+    """The log-mels the post-net learns from: the true ones on even steps, the autoencoder's on odd ones.
+
+    The pipeline hands it *decoded* log-mels -- a little smoother than true ones -- so it sees both.
+    """
+    with torch.no_grad():
+        log_mel = audio_ae.log_mel(audio)
+        return log_mel if step % 2 == 0 else audio_ae(audio)
+
+
+@torch.no_grad()
+def evaluate_postnet(postnet: nn.Module, audio_ae: nn.Module, n_clips: int, batch_size: int = 16) -> dict:
+    """The audio probes on val clips inverted by plain Griffin-Lim and by Griffin-Lim after the post-net.
+
+    ``through_autoencoder``: the log-mel is the audio autoencoder's reconstruction (what the
+    pipeline decodes); ``of_true_log_mel``: the clip's own log-mel (the post-net alone).
+    """
+    postnet.eval()
+    keep = lambda result: {k: v for k, v in result.items() if k.startswith(("audio_", "onset_"))}  # noqa: E731
+    rows: dict[str, list] = {"original": [], "griffin_lim_through_autoencoder": [], "postnet_through_autoencoder": [],
+                             "postnet_of_true_log_mel": []}
+    inverter = audio_ae.inverter
+    for batch in val_batches(n_clips, batch_size):
+        true_log_mel, decoded = audio_ae.log_mel(batch["audio"]), audio_ae(batch["audio"])
+        inverter.postnet = None
+        made = {"griffin_lim_through_autoencoder": inverter(decoded)}
+        inverter.postnet = postnet
+        made.update(postnet_through_autoencoder=inverter(decoded), postnet_of_true_log_mel=inverter(true_log_mel))
+        inverter.postnet = None
+        for i, factors in enumerate(batch["factors"]):
+            original = {"video": batch["video"][i], "audio": batch["audio"][i], "factors": factors}
+            rows["original"].append(original)
+            for key, audio in made.items():
+                rows[key].append({**original, "audio": audio[i]})
+    postnet.train()
+    return {"val_clips": n_clips, **{key: keep(probes.benchmark(clips)) for key, clips in rows.items()}}
+
+
+def run_vocoder(args: argparse.Namespace) -> dict:
+    """``python -m avdit_mini.train vocoder``: train (or resume) the mel -> linear post-net; returns its metrics."""
+    torch.set_num_threads(args.threads)
+    profile = get_profile(args.profile)
+    steps, batch_size = args.steps or profile.ae_steps, args.batch_size or 16
+    torch.manual_seed(args.seed)
+    audio_ae = load_autoencoder("audio", Path(args.autoencoder).parent, vocoder="griffin-lim") if not args.tiny \
+        else AudioAutoencoder(TINY_AUDIO_CONFIG).eval()
+    postnet, config = build_postnet(args.tiny)
+    config["autoencoder"] = None if args.tiny else checkpoints.sha256(Path(f"{args.autoencoder}.safetensors"))[:12]
+    optimizer, scheduler, step, loss_log = optimiser_and_resume(postnet, args, config, steps)
+    stem, parameters = Path(args.out), sum(p.numel() for p in postnet.parameters())
+    log(f"post-net: {parameters:,} parameters, {steps} steps of {batch_size} clips, {args.threads} threads")
+
+    def loss_fn(batch: dict, step: int) -> dict[str, torch.Tensor]:
+        return postnet_loss(postnet(postnet_inputs(audio_ae, batch["audio"], step)), magnitude_spectrogram(batch["audio"]))
+
+    step, loss_log = train_loop(postnet, args, optimizer, scheduler, stem, config, step, steps, batch_size, loss_log,
+                                loss_fn=loss_fn, desc="post-net")
+    metrics = evaluate_postnet(postnet, audio_ae, args.eval_clips) if args.eval_clips else {}
+    log(f"metrics: {metrics}")
+    save_final(stem, postnet, config, optimizer, scheduler, step, loss_log, metrics, args, parameters, batch_size)
+    return metrics
 
 
 # ----------------------------------------------------------------------------------------------
@@ -627,6 +723,12 @@ def build_parser() -> argparse.ArgumentParser:
                              help="video: weight of the L1 loss on image gradients (sharp edges, flat colour)")
     add_common_arguments(autoencoder)
     autoencoder.set_defaults(run=run_autoencoder)
+    vocoder = commands.add_parser("vocoder", help="train the mel -> linear spectrogram post-net before Griffin-Lim (chapter 2)")
+    vocoder.add_argument("--autoencoder", default="data/checkpoints/audio_ae",
+                         help="the audio autoencoder whose decoded log-mels it also learns from (stem)")
+    vocoder.add_argument("--tiny", action="store_true", help="a tiny post-net and an untrained tiny autoencoder (tests)")
+    add_common_arguments(vocoder)
+    vocoder.set_defaults(run=run_vocoder)
     avdit = commands.add_parser("avdit", help="train an AVDiT on cached latents with a MoNL strategy (chapter 7)")
     add_avdit_arguments(avdit)
     avdit.set_defaults(run=run_avdit)

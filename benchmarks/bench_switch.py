@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from avdit_mini.metrics import evaluate_task
-from avdit_mini.pipeline import load_pipeline
+from avdit_mini.pipeline import load_pipeline, vocoder_name
 
 
 class Switch(nn.Module):
@@ -47,7 +47,7 @@ def main() -> None:
     a, b = load_pipeline(args.high), load_pipeline(args.low)
     networks = {args.high: a.avdit, args.low: b.avdit}
     keys = ("video_shape", "video_size", "video_colour", "boundary_jump_error_px", "bounces_matched", "audio_shape")
-    results = {"task": args.task, "clips": args.clips, "steps": args.steps, "runs": []}
+    results = {"task": args.task, "clips": args.clips, "steps": args.steps, "vocoder": vocoder_name(a.audio_ae), "runs": []}
     pairs = [(args.high, args.high, 0), (args.low, args.low, 0)]  # each model alone, with the same clips and noise
     pairs += [pair + (threshold,) for threshold in args.thresholds for pair in ((args.high, args.low), (args.low, args.high))]
     for high, low, threshold in pairs:

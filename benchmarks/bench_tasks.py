@@ -1,6 +1,7 @@
 """Benchmark every task of a shipped pipeline with the probes (chapter 8).
 
     python benchmarks/bench_tasks.py --clips 200 --steps 50     # writes benchmarks/results/tasks_<name>.json
+    python benchmarks/bench_tasks.py --tasks continue_2          # re-measures one task, keeps the others
 
 Condition clips come from the held-out ``test`` split. Also measures sampling speed (clips per
 second at the given number of DDIM steps) on this machine.
@@ -18,7 +19,7 @@ import torch
 
 from avdit_mini.metrics import evaluate_task
 from avdit_mini import checkpoints
-from avdit_mini.pipeline import CHECKPOINTS, load_pipeline
+from avdit_mini.pipeline import CHECKPOINTS, load_pipeline, vocoder_name
 from avdit_mini.tasks import TASKS
 
 
@@ -31,11 +32,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--tasks", nargs="*", default=list(TASKS))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--vocoder", default="auto", choices=["auto", "postnet", "griffin-lim"],
+                        help="how decoded log-mels become waveforms (auto: the shipped post-net if there is one)")
     parser.add_argument("--out", default=None, help="result file (default: benchmarks/results/tasks_<name>.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    pipeline = load_pipeline(args.name, device=device)
+    pipeline = load_pipeline(args.name, device=device, vocoder=args.vocoder)
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"tasks_{args.name}.json"
     result = {"pipeline": args.name, "trained_steps": pipeline.meta.get("step"),
               "warm_started_from": pipeline.meta.get("run", {}).get("init"), "clips": args.clips,
@@ -44,7 +47,17 @@ def main() -> None:
               # which autoencoders decoded the generations (their sha256 in data/checkpoints/MANIFEST.json)
               "autoencoders": {name: checkpoints.sha256(CHECKPOINTS / f"{name}.safetensors")[:12]
                                for name in ("video_ae", "audio_ae")},
+              # how decoded log-mels became waveforms: the trained post-net + Griffin-Lim, or Griffin-Lim alone
+              "vocoder": vocoder_name(pipeline.audio_ae),
               "tasks": {}}
+    settings = ("pipeline", "trained_steps", "clips", "steps", "guidance", "autoencoders", "vocoder")
+    if out.exists():  # re-measuring some tasks keeps the others, if they were measured the same way
+        earlier = json.loads(out.read_text())
+        earlier.setdefault("vocoder", "griffin-lim")  # results from before the post-net
+        if all(earlier.get(k) == result[k] for k in settings):
+            result["tasks"] = {k: v for k, v in earlier.get("tasks", {}).items() if k not in args.tasks}
+        else:
+            print(f"{out} was measured with other settings; it is replaced")
     for task in args.tasks:
         began = time.perf_counter()
         result["tasks"][task] = evaluate_task(pipeline, task, args.clips, steps=args.steps, guidance=args.guidance,

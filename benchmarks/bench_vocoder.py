@@ -4,7 +4,8 @@
 
 Runs chapter 1's audio probe on held-out ``val`` clips as recorded, through Griffin-Lim of their own
 log-mel (what a perfect autoencoder would give), and through the autoencoder and Griffin-Lim, for a
-few numbers of Griffin-Lim rounds.
+few numbers of Griffin-Lim rounds -- each with the mel scale inverted by least squares and, where
+``data/checkpoints/vocoder`` exists, by the trained post-net (``postnet_*``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from avdit_mini import probes
 from avdit_mini.data import WorldDataset
-from avdit_mini.pipeline import load_autoencoder
+from avdit_mini.pipeline import CHECKPOINTS, load_autoencoder, load_postnet
 
 KEYS = ("audio_timbre", "audio_size", "audio_background", "onset_recall", "onset_median_error_ms")
 
@@ -29,7 +30,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    ae = load_autoencoder("audio")
+    ae = load_autoencoder("audio", vocoder="griffin-lim")
+    postnet = load_postnet() if (CHECKPOINTS / "vocoder.safetensors").exists() else None
     dataset = WorldDataset(args.clips, "val")
     items = [dataset[i] for i in range(args.clips)]
     audio = torch.stack([item["audio"] for item in items])
@@ -44,8 +46,13 @@ def main() -> None:
         decoded = torch.cat([ae.decode(ae.encode_mel(m)) for m in log_mel.split(50)])
         for rounds in args.rounds:
             ae.inverter.griffin_lim.n_iter = rounds
-            result[f"griffin_lim_{rounds}_of_original_log_mel"] = score(torch.cat([ae.mel_to_audio(m) for m in log_mel.split(50)]))
-            result[f"griffin_lim_{rounds}_of_autoencoder"] = score(torch.cat([ae.mel_to_audio(m) for m in decoded.split(50)]))
+            for name, net in (("griffin_lim", None), ("postnet", postnet)):
+                if name == "postnet" and net is None:
+                    continue
+                ae.inverter.postnet = net
+                result[f"{name}_{rounds}_of_original_log_mel"] = score(torch.cat([ae.mel_to_audio(m) for m in log_mel.split(50)]))
+                result[f"{name}_{rounds}_of_autoencoder"] = score(torch.cat([ae.mel_to_audio(m) for m in decoded.split(50)]))
+            ae.inverter.postnet = None
             print(rounds, {k: v for k, v in result.items() if str(rounds) in k}, flush=True)
     out = Path(__file__).parent / "results" / "vocoder.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,107 @@
+"""Where is the shape lost in generation: in the generated latents, or in drawing them? (chapter 8)
+
+    python benchmarks/bench_shape.py --clips 100      # writes benchmarks/results/shape.json
+
+Trains chapter 3's small shape reader (two 3 x 3 convolutions per latent frame, a max over the
+clip) on the *true* latents of training clips, then asks it about the latents each model
+*generates* for held-out clips -- only the generated latent frames -- next to the probe's reading
+of the decoded generated frames. If the reader fails too, the shape is missing from the latents
+(the diffusion model's doing), not lost by the decoder. Also samples the shipped model's
+``continue_2`` with more DDIM steps and with stochastic (eta = 1) steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avdit_mini.data import SHAPES, WorldDataset, collate
+from avdit_mini.latents import video_segment_of_latent_frame
+from avdit_mini.metrics import score_clip
+from avdit_mini.pipeline import load_pipeline
+from avdit_mini.tasks import generate, resolve_task
+
+
+def encode(pipeline, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit-variance video latents [n, 8, 5, 8, 8] of a split's first n clips, and their shapes."""
+    dataset, latents, shapes = WorldDataset(n, split), [], []
+    for start in range(0, n, 64):
+        batch = collate([dataset[i] for i in range(start, min(n, start + 64))])
+        latents.append(pipeline.encode(batch["video"], batch["audio"]).video)
+        shapes += [SHAPES.index(f["shape"]) for f in batch["factors"]]
+    return torch.cat(latents), torch.tensor(shapes)
+
+
+def train_reader(latents: torch.Tensor, shapes: torch.Tensor, steps: int) -> nn.Module:
+    torch.manual_seed(0)
+    reader = nn.Sequential(
+        nn.Conv3d(latents.shape[1], 64, (1, 3, 3), padding=(0, 1, 1)), nn.SiLU(),
+        nn.Conv3d(64, 64, (1, 3, 3), padding=(0, 1, 1)), nn.SiLU(),
+        nn.AdaptiveMaxPool3d(1), nn.Flatten(), nn.Linear(64, len(SHAPES)))
+    optimiser = torch.optim.AdamW(reader.parameters(), lr=2e-3, weight_decay=0.01)
+    for _ in range(steps):
+        pick = torch.randint(0, len(latents), (64,))
+        loss = F.cross_entropy(reader(latents[pick]), shapes[pick])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return reader.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=100, help="held-out clips per task")
+    parser.add_argument("--train-clips", type=int, default=3000)
+    parser.add_argument("--reader-steps", type=int, default=1500)
+    parser.add_argument("--models", nargs="+", default=["monl_4k", "monl_10k", "monl"])
+    parser.add_argument("--tasks", nargs="+", default=["continue_2", "a2v"])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    began = time.perf_counter()
+    shipped = load_pipeline("monl", vocoder="griffin-lim")
+    with torch.no_grad():
+        train_latents, train_shapes = encode(shipped, "train", args.train_clips)
+        test_latents, test_shapes = encode(shipped, "test", args.clips)
+    reader = train_reader(train_latents, train_shapes, args.reader_steps)
+    frame_segment = video_segment_of_latent_frame(shipped.geometry)
+
+    def read(latents: torch.Tensor, frames: list[int]) -> float:
+        with torch.no_grad():
+            return float((reader(latents[:, :, frames]).argmax(1) == test_shapes).float().mean())
+
+    result = {"clips": args.clips, "train_clips": args.train_clips, "reader_steps": args.reader_steps,
+              "reader_on_true_latents": read(test_latents, list(range(test_latents.shape[2]))), "runs": []}
+    dataset = WorldDataset(args.clips, "test")
+    items = [dataset[i] for i in range(args.clips)]
+    batch = collate(items)
+    runs = [(name, task, "ddim", 0.0, 50) for name in args.models for task in args.tasks]
+    runs += [("monl", "continue_2", "ddim", 1.0, 50), ("monl", "continue_2", "ddim", 0.0, 200)]
+    pipelines = {}
+    for name, task, sampler, eta, steps in runs:
+        pipeline = pipelines.setdefault(name, load_pipeline(name, vocoder="griffin-lim"))
+        task_pattern = resolve_task(task, pipeline.geometry.segments)
+        generated_frames = [f for f in range(len(frame_segment)) if not task_pattern[0, frame_segment[f]]]
+        out = generate(pipeline, task_pattern, {"video": batch["video"], "audio": batch["audio"]}, steps=steps,
+                       sampler=sampler, eta=eta, seed=0, batch_size=args.clips)
+        probe = np.mean([score_clip(task_pattern, v, a, item)["video_shape"] for v, a, item in zip(out.video, out.audio, items)])
+        run = {"model": name, "task": task, "sampler": sampler, "eta": eta, "steps": steps,
+               "reader_on_true_latents_same_frames": read(test_latents, generated_frames),
+               "reader_on_generated_latents": read(out.latents.video, generated_frames), "probe_on_generated_frames": float(probe)}
+        result["runs"].append(run)
+        print(run, flush=True)
+    result["seconds"] = round(time.perf_counter() - began, 1)
+    out_path = Path(__file__).parent / "results" / "shape.json"
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()
