@@ -55,6 +55,10 @@ def main() -> None:
             ae.inverter.postnet = None
             print(rounds, {k: v for k, v in result.items() if str(rounds) in k}, flush=True)
     out = Path(__file__).parent / "results" / "vocoder.json"
+    if out.exists():  # rows of other numbers of rounds, measured before on the same clips, are kept
+        earlier = json.loads(out.read_text())
+        if earlier.get("clips") == args.clips:
+            result.update({k: v for k, v in earlier.items() if k not in result and not any(f"_{r}_" in k for r in args.rounds)})
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
