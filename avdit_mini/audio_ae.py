@@ -109,12 +109,13 @@ class SpectrogramPostNet(nn.Module):
         return self.net(log_mel)
 
 
-def postnet_loss(predicted_log: torch.Tensor, magnitude: torch.Tensor) -> dict[str, torch.Tensor]:
+def postnet_loss(predicted_log: torch.Tensor, magnitude: torch.Tensor, linear_weight: float = 10.0,
+                 log_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """L1 of log magnitudes (every bin, quiet ones too) + 10 x L1 of magnitudes (the loud bins: harmonics)."""
     target_log = torch.log(magnitude.clamp_min(LOG_FLOOR))
     log_l1 = (predicted_log - target_log).abs().mean()
     linear_l1 = (predicted_log.exp() - magnitude).abs().mean()
-    return {"loss": log_l1 + 10 * linear_l1, "log_l1": log_l1.detach(), "linear_l1": linear_l1.detach()}
+    return {"loss": log_weight * log_l1 + linear_weight * linear_l1, "log_l1": log_l1.detach(), "linear_l1": linear_l1.detach()}
 
 
 class MelInverter(nn.Module):

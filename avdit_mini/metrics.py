@@ -47,24 +47,26 @@ def _bounces_on_impacts(bounce_frames: list[int], impact_times: list[float], fps
     return float(np.mean([any(abs(b / fps - t) <= 1.0 / fps for t in impact_times) for b in bounce_frames]))
 
 
-def generated_span(row: torch.Tensor) -> tuple[float, float] | None:
-    """[start, end) in seconds of a row's generated segments (None if it has none).
+def generated_spans(row: torch.Tensor) -> list[tuple[float, float]]:
+    """[start, end) in seconds of each stretch of a row's generated segments ([] if it has none).
 
-    Every task's generated segments are contiguous; a row with two separate stretches would
-    need one span each, and is refused rather than measured wrongly.
+    Every task of the registry generates one stretch; a designed pattern such as ``CGCGC`` has several.
     """
-    target = [n for n, given in enumerate(row.tolist()) if not given]
-    if not target:
-        return None
-    if target != list(range(target[0], target[-1] + 1)):
-        raise ValueError(f"the generated segments {target} are not contiguous; score each stretch on its own")
-    bounds = segment_bounds()
-    return float(bounds[target[0], 0]), float(bounds[target[-1], 1])
+    bounds, spans = segment_bounds(), []
+    for n, given in enumerate(row.tolist()):
+        if given:
+            continue
+        start, end = float(bounds[n, 0]), float(bounds[n, 1])
+        if spans and spans[-1][1] == start:
+            spans[-1] = (spans[-1][0], end)  # the next segment of the same stretch
+        else:
+            spans.append((start, end))
+    return spans
 
 
-def _frames_in(span: tuple[float, float], frames: int, fps: int = 8) -> list[int]:
-    """The video frames whose time f / fps lies in [start, end)."""
-    return [f for f in range(frames) if span[0] <= f / fps < span[1]]
+def _frames_in(spans: list[tuple[float, float]], frames: int, fps: int = 8) -> list[int]:
+    """The video frames whose time f / fps lies in one of the spans."""
+    return [f for f in range(frames) if probes.in_spans(f / fps, spans)]
 
 
 def score_clip(task_pattern: torch.Tensor, video: torch.Tensor, audio: torch.Tensor, condition: dict) -> dict:
@@ -73,7 +75,7 @@ def score_clip(task_pattern: torch.Tensor, video: torch.Tensor, audio: torch.Ten
     The generated video is checked when its row has target cells, the audio likewise. Factors
     the condition determines must match; the colour is reported but only *must* match when the
     condition contains video (a2v has to invent it). The identity (shape, size, scene, colour) is
-    measured on the **generated segments alone**: in a continuation the given frames come back
+    measured on the **generated segments alone** (``generated_spans``): in a continuation the given frames come back
     bit-identical in the latent, and letting them vote would credit the model with what it was
     handed. The audio's timbre and pitch are heard only at impacts, so they are scored where the
     condition clip has an impact inside the generated span (None -- not measurable -- elsewhere).
@@ -81,11 +83,11 @@ def score_clip(task_pattern: torch.Tensor, video: torch.Tensor, audio: torch.Ten
     factors = condition["factors"]
     fps = 8
     result: dict = {}
-    video_span, audio_span = generated_span(task_pattern[0]), generated_span(task_pattern[1])
-    seen = probes.measure_video(video) if video_span is not None else None
-    heard = probes.measure_audio(audio, span=audio_span) if audio_span is not None else None
+    video_spans, audio_spans = generated_spans(task_pattern[0]), generated_spans(task_pattern[1])
+    seen = probes.measure_video(video) if video_spans else None
+    heard = probes.measure_audio(audio, span=audio_spans) if audio_spans else None
     if seen is not None:
-        frames = _frames_in(video_span, video.shape[1], fps)
+        frames = _frames_in(video_spans, video.shape[1], fps)
         identity = seen if len(frames) == video.shape[1] else probes.measure_video(video[:, frames])
         result.update(_video_checks(identity, factors))
         seen = {**seen, **{k: identity[k] for k in ("shape", "size", "background", "colour")}}
@@ -103,7 +105,7 @@ def score_clip(task_pattern: torch.Tensor, video: torch.Tensor, audio: torch.Ten
             result["boundary_jump_error_px"] = float(abs(jump - true_jump)) if np.isfinite(jump) else None
     if heard is not None:
         result.update(_audio_checks(heard, factors))
-        if not any(audio_span[0] <= t < audio_span[1] for t in factors["impact_times"]):
+        if not any(probes.in_spans(t, audio_spans) for t in factors["impact_times"]):
             result["audio_shape"] = result["audio_size"] = None  # no impact to hear them by in the generated span
         if task_pattern[0].all():  # video fully given: impacts must land on its events
             matched = probes.match_times(heard["impact_times"], factors["impact_times"], tolerance=1.0 / fps)

@@ -235,24 +235,31 @@ def drone_frequency(audio: np.ndarray, sample_rate: int = 16_000) -> float:
     return float(_DRONES[int(np.argmax(scores))])
 
 
-def measure_audio(audio: torch.Tensor, sample_rate: int = 16_000, span: tuple[float, float] | None = None) -> dict:
+def in_spans(time: float, spans: list[tuple[float, float]]) -> bool:
+    """Whether ``time`` (s) lies in one of the [start, end) ``spans``."""
+    return any(start <= time < end for start, end in spans)
+
+
+def measure_audio(audio: torch.Tensor, sample_rate: int = 16_000,
+                  span: tuple[float, float] | list[tuple[float, float]] | None = None) -> dict:
     """What the soundtrack says: impact times (s), timbre, pitch and size, drone and background.
 
-    ``span=(start, end)`` in seconds measures the identity on that stretch alone: only the impacts
-    that begin inside it vote for timbre and pitch, and the drone is read from its samples (the
-    impact times are still those of the whole clip). Chapter 8 uses it to judge the generated
-    segments of a continuation without the given ones.
+    ``span=(start, end)`` in seconds (or a list of such stretches) measures the identity there
+    alone: only the impacts that begin inside vote for timbre and pitch, and the drone is read from
+    those samples (the impact times are still those of the whole clip). Chapter 8 uses it to judge
+    the generated segments of a continuation without the given ones.
     """
     if audio.ndim != 1:
         raise ValueError(f"audio must be mono [S], got shape {list(audio.shape)}")
     samples = audio.detach().float().cpu().numpy().astype(np.float64)
-    if span is not None and not 0 <= span[0] < span[1]:
-        raise ValueError(f"span must be (start, end) in seconds with 0 <= start < end, got {span}")
+    spans = None if span is None else ([span] if isinstance(span[0], (int, float)) else list(span))
+    if spans is not None and not all(0 <= start < end for start, end in spans):
+        raise ValueError(f"span must be (start, end) in seconds with 0 <= start < end, or a list of them; got {span}")
     onsets = onset_times(samples, sample_rate)
     signal = highpass(samples, sample_rate)
     timbres, pitches, weights = [], [], []
     for onset in onsets:
-        if span is not None and not span[0] <= onset < span[1]:
+        if spans is not None and not in_spans(onset, spans):
             continue
         start = int(onset * sample_rate) + int(0.003 * sample_rate)
         freqs, power = _impact_spectrum(signal, start, sample_rate)
@@ -262,8 +269,8 @@ def measure_audio(audio: torch.Tensor, sample_rate: int = 16_000, span: tuple[fl
         timbres.append(timbre)
         pitches.append(pitch)
         weights.append(float(power.sum()))
-    drone = drone_frequency(samples if span is None else samples[int(span[0] * sample_rate): int(span[1] * sample_rate)],
-                            sample_rate)
+    drone = drone_frequency(samples if spans is None else np.concatenate(
+        [samples[int(start * sample_rate): int(end * sample_rate)] for start, end in spans]), sample_rate)
     timbre = _weighted_vote(timbres, weights)
     pitch = float(np.exp(np.median(np.log(pitches)))) if pitches else float("nan")
     size = int(np.argmin([abs(math.log(pitch / p)) for p in PITCHES])) if pitches else None

@@ -405,12 +405,16 @@ def run_vocoder(args: argparse.Namespace) -> dict:
         else AudioAutoencoder(TINY_AUDIO_CONFIG).eval()
     postnet, config = build_postnet(args.tiny)
     config["autoencoder"] = None if args.tiny else checkpoints.sha256(Path(f"{args.autoencoder}.safetensors"))[:12]
+    weights = {"linear_weight": args.linear_weight, "log_weight": args.log_weight}
+    if weights != {"linear_weight": 10.0, "log_weight": 1.0}:
+        config["loss"] = weights  # the shipped post-net used the defaults
     optimizer, scheduler, step, loss_log = optimiser_and_resume(postnet, args, config, steps)
     stem, parameters = Path(args.out), sum(p.numel() for p in postnet.parameters())
     log(f"post-net: {parameters:,} parameters, {steps} steps of {batch_size} clips, {args.threads} threads")
 
     def loss_fn(batch: dict, step: int) -> dict[str, torch.Tensor]:
-        return postnet_loss(postnet(postnet_inputs(audio_ae, batch["audio"], step)), magnitude_spectrogram(batch["audio"]))
+        return postnet_loss(postnet(postnet_inputs(audio_ae, batch["audio"], step)), magnitude_spectrogram(batch["audio"]),
+                            **weights)
 
     step, loss_log = train_loop(postnet, args, optimizer, scheduler, stem, config, step, steps, batch_size, loss_log,
                                 loss_fn=loss_fn, desc="post-net")
@@ -727,6 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
     vocoder.add_argument("--autoencoder", default="data/checkpoints/audio_ae",
                          help="the audio autoencoder whose decoded log-mels it also learns from (stem)")
     vocoder.add_argument("--tiny", action="store_true", help="a tiny post-net and an untrained tiny autoencoder (tests)")
+    vocoder.add_argument("--linear-weight", type=float, default=10.0, help="weight of the L1 of magnitudes (the loud bins)")
+    vocoder.add_argument("--log-weight", type=float, default=1.0, help="weight of the L1 of log magnitudes (every bin)")
     add_common_arguments(vocoder)
     vocoder.set_defaults(run=run_vocoder)
     avdit = commands.add_parser("avdit", help="train an AVDiT on cached latents with a MoNL strategy (chapter 7)")

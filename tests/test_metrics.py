@@ -5,7 +5,7 @@ import torch
 
 from avdit_mini import probes
 from avdit_mini.data import World
-from avdit_mini.metrics import generated_span, score_clip, summarise
+from avdit_mini.metrics import generated_spans, score_clip, summarise
 from avdit_mini.tasks import TASKS, pattern
 
 
@@ -24,12 +24,20 @@ def _two_clips_of_different_shapes(span):
 
 
 def test_generated_spans_of_the_tasks():
-    assert generated_span(TASKS["continue_2"][0]) == (0.625, 2.125)
-    assert generated_span(TASKS["interpolate"][1]) == (0.125, 1.625)
-    assert generated_span(TASKS["joint"][0]) == (0.0, 2.125)
-    assert generated_span(TASKS["v2a"][0]) is None
-    with pytest.raises(ValueError, match="contiguous"):
-        generated_span(pattern("GCGCG", "CCCCC")[0])
+    assert generated_spans(TASKS["continue_2"][0]) == [(0.625, 2.125)]
+    assert generated_spans(TASKS["interpolate"][1]) == [(0.125, 1.625)]
+    assert generated_spans(TASKS["joint"][0]) == [(0.0, 2.125)]
+    assert generated_spans(TASKS["v2a"][0]) == []
+    assert generated_spans(pattern("GCGCG", "CCCCC")[0]) == [(0.0, 0.125), (0.625, 1.125), (1.625, 2.125)]
+
+
+def test_a_designed_pattern_with_two_generated_stretches_is_scored_on_both():
+    clip, other = _two_clips_of_different_shapes((0.125, 0.625))
+    keyframes = pattern("CGCGC", "CGCGC")  # segments 1 and 3 generated: video frames 1-4 and 9-12
+    video = clip.video.clone()
+    video[:, 1:5], video[:, 9:13] = other.video[:, 1:5], other.video[:, 9:13]
+    assert score_clip(keyframes, video, clip.audio, _item(clip))["video_shape"] is False
+    assert score_clip(keyframes, clip.video, clip.audio, _item(clip))["video_shape"] is True
 
 
 def test_a_real_clip_scores_perfectly_on_every_task():
@@ -42,7 +50,7 @@ def test_a_real_clip_scores_perfectly_on_every_task():
 def test_given_segments_do_not_vote_for_the_identity():
     # continue_2 hands the model 0.625 s of the clip; if it then draws *another* object, the
     # identity must be scored wrong, although the given frames and sound are the true ones
-    span = generated_span(TASKS["continue_2"][0])
+    span = generated_spans(TASKS["continue_2"][0])[0]
     clip, other = _two_clips_of_different_shapes(span)
     cut_video, cut_audio = 5, int(span[0] * 16000)  # video frames 0-4 and 0.625 s of sound are given
     video = torch.cat([clip.video[:, :cut_video], other.video[:, cut_video:]], dim=1)
@@ -59,7 +67,7 @@ def test_given_segments_do_not_vote_for_the_identity():
 def test_the_given_frames_alone_would_have_fooled_a_whole_clip_vote():
     # 9 true frames (0-8) against 8 others: a vote over the whole clip names the true shape,
     # the generated frames (5-16) name the other one
-    span = generated_span(TASKS["continue_2"][0])
+    span = generated_spans(TASKS["continue_2"][0])[0]
     clip, other = _two_clips_of_different_shapes(span)
     video = torch.cat([clip.video[:, :9], other.video[:, 9:]], dim=1)
     assert probes.measure_video(video)["shape"] == clip.factors["shape"]
