@@ -401,6 +401,9 @@ def run_vocoder(args: argparse.Namespace) -> dict:
     profile = get_profile(args.profile)
     steps, batch_size = args.steps or profile.ae_steps, args.batch_size or 16
     torch.manual_seed(args.seed)
+    if not args.tiny and Path(args.autoencoder).name != "audio_ae":
+        raise ValueError(f"--autoencoder {args.autoencoder}: give the stem of an audio autoencoder checkpoint named "
+                         "audio_ae (<folder>/audio_ae, as `train autoencoder --modality audio --out` writes it)")
     audio_ae = load_autoencoder("audio", Path(args.autoencoder).parent, vocoder="griffin-lim") if not args.tiny \
         else AudioAutoencoder(TINY_AUDIO_CONFIG).eval()
     postnet, config = build_postnet(args.tiny)

@@ -73,3 +73,8 @@ def test_load_autoencoder_attaches_the_postnet_of_its_folder(tmp_path):
     assert vocoder_name(load_autoencoder("audio", tmp_path, vocoder="griffin-lim")) == "griffin-lim"
     with pytest.raises(ValueError, match="vocoder must be one of"):
         load_autoencoder("audio", tmp_path, vocoder="hifigan")
+
+
+def test_vocoder_names_a_wrong_autoencoder_stem(tmp_path):
+    with pytest.raises(ValueError, match="audio_ae"):
+        main(["vocoder", "--steps", "1", "--autoencoder", str(tmp_path / "my_model"), "--out", str(tmp_path / "vocoder")])
