@@ -52,6 +52,11 @@ class LogMel(nn.Module):
         _check_audio(audio, self.geometry)
         return self.mel(audio.float())[..., : self.geometry.mel_frames]  # [B, 64, 137] -> [B, 64, 136]
 
+    def magnitude_spectrogram(self, audio: torch.Tensor) -> torch.Tensor:
+        """Linear STFT magnitude [B, n_fft / 2 + 1, frames]: what the mel filterbank summarises (chapter 2's post-net)."""
+        _check_audio(audio, self.geometry)
+        return self.mel.spectrogram(audio.float())[..., : self.geometry.mel_frames]  # [B, 513, 136]
+
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         log_mel = torch.log(self.magnitude_mel(audio).clamp_min(LOG_FLOOR))
         return (log_mel - LOG_MEL_MEAN) / LOG_MEL_STD
@@ -60,15 +65,6 @@ class LogMel(nn.Module):
     def denormalise(log_mel: torch.Tensor) -> torch.Tensor:
         """Normalised log-mel -> linear magnitude mel."""
         return torch.exp(log_mel * LOG_MEL_STD + LOG_MEL_MEAN)
-
-
-def magnitude_spectrogram(audio: torch.Tensor, geometry: Geometry | None = None) -> torch.Tensor:
-    """Audio [B, S] -> linear STFT magnitude [B, n_fft / 2 + 1, S // hop]: what the mel scale summarises."""
-    g = geometry or Geometry()
-    _check_audio(audio, g)
-    window = torch.hann_window(g.n_fft, device=audio.device)
-    stft = torch.stft(audio.float(), g.n_fft, g.hop_length, window=window, center=True, return_complex=True)
-    return stft.abs()[..., : g.mel_frames]  # [B, 513, 136], the same frames as the log-mel
 
 
 @dataclass(frozen=True)
@@ -265,5 +261,5 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["LogMel", "MelInverter", "SpectrogramPostNet", "PostNetConfig", "magnitude_spectrogram", "postnet_loss", "AudioAEConfig", "AudioAutoencoder", "count_parameters",
+__all__ = ["LogMel", "MelInverter", "SpectrogramPostNet", "PostNetConfig", "postnet_loss", "AudioAEConfig", "AudioAutoencoder", "count_parameters",
            "LOG_MEL_MEAN", "LOG_MEL_STD", "LOG_FLOOR"]

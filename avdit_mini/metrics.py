@@ -75,8 +75,8 @@ def score_clip(task_pattern: torch.Tensor, video: torch.Tensor, audio: torch.Ten
     The generated video is checked when its row has target cells, the audio likewise. Factors
     the condition determines must match; the colour is reported but only *must* match when the
     condition contains video (a2v has to invent it). The identity (shape, size, scene, colour) is
-    measured on the **generated segments alone** (``generated_spans``): in a continuation the given frames come back
-    bit-identical in the latent, and letting them vote would credit the model with what it was
+    measured on the **generated segments alone** (``generated_spans``): in a continuation the
+    given frames come back bit-identical in the latent, and letting them vote would credit the model with what it was
     handed. The audio's timbre and pitch are heard only at impacts, so they are scored where the
     condition clip has an impact inside the generated span (None -- not measurable -- elsewhere).
     """
@@ -90,8 +90,7 @@ def score_clip(task_pattern: torch.Tensor, video: torch.Tensor, audio: torch.Ten
         frames = _frames_in(video_spans, video.shape[1], fps)
         identity = seen if len(frames) == video.shape[1] else probes.measure_video(video[:, frames])
         result.update(_video_checks(identity, factors))
-        seen = {**seen, **{k: identity[k] for k in ("shape", "size", "background", "colour")}}
-        result["generated_colour"] = seen["colour"]
+        result["generated_colour"] = identity["colour"]
         truth = probes.resolvable_bounce_frames(factors, fps=fps)
         if task_pattern[1].all():  # audio fully given: bounces must land on its impacts
             result["bounces_matched"] = (float(np.mean([any(abs(b - p) <= 1 for p in seen["bounce_frames"]) for b in truth]))
@@ -111,7 +110,7 @@ def score_clip(task_pattern: torch.Tensor, video: torch.Tensor, audio: torch.Ten
             matched = probes.match_times(heard["impact_times"], factors["impact_times"], tolerance=1.0 / fps)
             result["impact_errors_s"] = matched["errors"]
             result["impact_recall"] = 1 - matched["missed"] / max(len(factors["impact_times"]), 1)
-    if seen is not None and heard is not None and not task_pattern.any():  # joint: are the two consistent?
+    if seen is not None and heard is not None and not task_pattern.any():  # joint (all generated: identity is seen)
         result["joint_shape_timbre"] = seen["shape"] == heard["shape"]
         result["joint_size_pitch"] = seen["size"] == heard["size"]
         result["joint_scene_drone"] = seen["background"] == heard["background"]

@@ -42,18 +42,20 @@ def load_postnet(folder: str | Path = CHECKPOINTS) -> SpectrogramPostNet:
     return postnet.eval().requires_grad_(False)
 
 
-def load_autoencoder(modality: str, folder: str | Path = CHECKPOINTS, vocoder: str = "auto") -> nn.Module:
+def load_autoencoder(modality: str, folder: str | Path = CHECKPOINTS, vocoder: str = "auto",
+                     name: str | None = None) -> nn.Module:
     """The shipped (or your own) video or audio autoencoder, in eval mode (chapters 2-3).
 
-    ``vocoder`` (audio): ``"postnet"`` attaches the trained mel -> linear post-net of ``folder``
-    before Griffin-Lim, ``"griffin-lim"`` inverts the mel scale by least squares, ``"auto"`` uses
-    the post-net where ``folder`` has one.
+    ``name``: the checkpoint's stem inside ``folder`` (default ``<modality>_ae``). ``vocoder``
+    (audio): ``"postnet"`` attaches the trained mel -> linear post-net of ``folder`` before
+    Griffin-Lim, ``"griffin-lim"`` inverts the mel scale by least squares, ``"auto"`` uses the
+    post-net where ``folder`` has one.
     """
     if vocoder not in VOCODERS:
         raise ValueError(f"vocoder must be one of {VOCODERS}, got {vocoder!r}")
     if modality not in ("video", "audio"):
         raise ValueError(f"modality must be 'video' or 'audio', got {modality!r}")
-    stem = Path(folder) / f"{modality}_ae"
+    stem = Path(folder) / (name or f"{modality}_ae")
     state, meta = load_checkpoint(stem, train_hint=f"python -m avdit_mini.train autoencoder --modality {modality}")
     config = meta["config"]
     geometry = _dataclass_from_dict(Geometry, config["geometry"])

@@ -29,8 +29,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from . import checkpoints, probes
-from .audio_ae import (AudioAEConfig, AudioAutoencoder, PostNetConfig, SpectrogramPostNet, magnitude_spectrogram,
-                       postnet_loss)
+from .audio_ae import AudioAEConfig, AudioAutoencoder, PostNetConfig, SpectrogramPostNet, postnet_loss
 from .avdit import AVDiT, AVDiTConfig, num_parameters
 from .config import Geometry, get_profile
 from .data import WorldDataset, collate
@@ -378,14 +377,14 @@ def evaluate_postnet(postnet: nn.Module, audio_ae: nn.Module, n_clips: int, batc
     keep = lambda result: {k: v for k, v in result.items() if k.startswith(("audio_", "onset_"))}  # noqa: E731
     rows: dict[str, list] = {"original": [], "griffin_lim_through_autoencoder": [], "postnet_through_autoencoder": [],
                              "postnet_of_true_log_mel": []}
-    inverter = audio_ae.inverter
+    inverter, attached = audio_ae.inverter, audio_ae.inverter.postnet
     for batch in val_batches(n_clips, batch_size):
         true_log_mel, decoded = audio_ae.log_mel(batch["audio"]), audio_ae(batch["audio"])
         inverter.postnet = None
         made = {"griffin_lim_through_autoencoder": inverter(decoded)}
         inverter.postnet = postnet
         made.update(postnet_through_autoencoder=inverter(decoded), postnet_of_true_log_mel=inverter(true_log_mel))
-        inverter.postnet = None
+        inverter.postnet = attached
         for i, factors in enumerate(batch["factors"]):
             original = {"video": batch["video"][i], "audio": batch["audio"][i], "factors": factors}
             rows["original"].append(original)
@@ -401,10 +400,11 @@ def run_vocoder(args: argparse.Namespace) -> dict:
     profile = get_profile(args.profile)
     steps, batch_size = args.steps or profile.ae_steps, args.batch_size or 16
     torch.manual_seed(args.seed)
-    if not args.tiny and Path(args.autoencoder).name != "audio_ae":
-        raise ValueError(f"--autoencoder {args.autoencoder}: give the stem of an audio autoencoder checkpoint named "
-                         "audio_ae (<folder>/audio_ae, as `train autoencoder --modality audio --out` writes it)")
-    audio_ae = load_autoencoder("audio", Path(args.autoencoder).parent, vocoder="griffin-lim") if not args.tiny \
+    stem = Path(args.autoencoder)
+    if not args.tiny and not checkpoints.checkpoint_paths(stem)["weights"].exists():
+        raise ValueError(f"--autoencoder {stem}: no {stem}.safetensors; give the stem of a trained audio autoencoder "
+                         "(the shipped one is data/checkpoints/audio_ae; `train autoencoder --modality audio --out` makes one)")
+    audio_ae = load_autoencoder("audio", stem.parent, vocoder="griffin-lim", name=stem.name) if not args.tiny \
         else AudioAutoencoder(TINY_AUDIO_CONFIG).eval()
     postnet, config = build_postnet(args.tiny)
     config["autoencoder"] = None if args.tiny else checkpoints.sha256(Path(f"{args.autoencoder}.safetensors"))[:12]
@@ -416,8 +416,8 @@ def run_vocoder(args: argparse.Namespace) -> dict:
     log(f"post-net: {parameters:,} parameters, {steps} steps of {batch_size} clips, {args.threads} threads")
 
     def loss_fn(batch: dict, step: int) -> dict[str, torch.Tensor]:
-        return postnet_loss(postnet(postnet_inputs(audio_ae, batch["audio"], step)), magnitude_spectrogram(batch["audio"]),
-                            **weights)
+        return postnet_loss(postnet(postnet_inputs(audio_ae, batch["audio"], step)),
+                            audio_ae.log_mel.magnitude_spectrogram(batch["audio"]), **weights)
 
     step, loss_log = train_loop(postnet, args, optimizer, scheduler, stem, config, step, steps, batch_size, loss_log,
                                 loss_fn=loss_fn, desc="post-net")
