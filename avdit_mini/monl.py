@@ -2,7 +2,8 @@
 
 A timestep grid t [B, M, N] gives every (modality, time-segment) cell of every example its own
 noise level (paper Fig. 2b). Training draws t in {1..T}; t = 0 is reserved for clean condition
-cells at inference.
+cells at inference -- unless ``clean_probability`` > 0, which also draws t = 0 (a clean cell, left
+out of the loss), so that training sees the clean conditions that inference gives.
 """
 
 from __future__ import annotations
@@ -20,15 +21,27 @@ def _uniform_steps(shape: tuple[int, ...], T: int, generator: torch.Generator | 
     return torch.randint(1, T + 1, shape, generator=generator)
 
 
-def _strategy_grid(strategy: str, batch_size: int, M: int, N: int, T: int, generator: torch.Generator | None) -> Tensor:
-    """One grid [B, M, N] whose structure follows a single strategy (Chapter 5)."""
+def _strategy_grid(strategy: str, batch_size: int, M: int, N: int, T: int, generator: torch.Generator | None,
+                   clean_probability: float = 0.0) -> Tensor:
+    """One grid [B, M, N] whose structure follows a single strategy (Chapter 5).
+
+    With ``clean_probability`` p > 0 each value the strategy draws is 0 (clean) with probability p:
+    a clean row is audio -> video or video -> audio, clean columns are continuation or
+    interpolation. ``vanilla`` stays as it is (a clean grid would leave nothing to learn), and an
+    example whose every cell came out clean keeps its drawn steps.
+    """
     shapes = {
         "vanilla": (batch_size, 1, 1),  # one t for the whole grid
         "per_modality": (batch_size, M, 1),  # one t per row (UniDiffuser)
         "per_time": (batch_size, 1, N),  # one t per column (Diffusion-Forcing-like)
         "per_time_modality": (batch_size, M, N),  # every cell independent
     }
-    return _uniform_steps(shapes[strategy], T, generator).expand(batch_size, M, N).contiguous()  # [B, M, N]
+    steps = _uniform_steps(shapes[strategy], T, generator)
+    if clean_probability > 0 and strategy != "vanilla":  # p = 0 draws nothing more: the same grids as ever
+        clean = torch.rand(shapes[strategy], generator=generator) < clean_probability
+        everything_clean = clean.flatten(1).all(dim=1).reshape(-1, 1, 1)
+        steps = torch.where(clean & ~everything_clean, 0, steps)
+    return steps.expand(batch_size, M, N).contiguous()  # [B, M, N]
 
 
 def strategy_weights(weights: Mapping[str, float] | Sequence[float] | None = None) -> Tensor:
@@ -68,19 +81,23 @@ def sample_timestep_grid(
     generator: torch.Generator | None = None,
     return_strategy: bool = False,
     device: torch.device | str | None = None,
+    clean_probability: float = 0.0,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Training timestep grids [B, M, N] with steps in {1..T} under a strategy or MoNL (Chapter 5).
 
     ``strategy="monl"`` lets each example pick one of STRATEGIES with probability given by
     ``weights`` (uniform by default). With ``return_strategy=True`` also returns the index into
-    STRATEGIES that each example used, LongTensor [B].
+    STRATEGIES that each example used, LongTensor [B]. ``clean_probability`` > 0 also draws clean
+    cells (t = 0), as a task's conditions are at inference (see ``_strategy_grid``).
     """
     _check_sizes(batch_size, num_modalities, num_segments, T)
+    if not 0.0 <= clean_probability < 1.0:
+        raise ValueError(f"clean_probability must be in [0, 1), got {clean_probability}")
     if strategy != "monl" and strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose 'monl' or one of {STRATEGIES}")
     if strategy != "monl" and weights is not None:
         raise ValueError(f"weights only apply to strategy='monl', not to {strategy!r}; drop weights=")
-    size = (batch_size, num_modalities, num_segments, T, generator)
+    size = (batch_size, num_modalities, num_segments, T, generator, clean_probability)
     if strategy == "monl":
         chosen = torch.multinomial(strategy_weights(weights), batch_size, replacement=True, generator=generator)  # [B]
         candidates = torch.stack([_strategy_grid(name, *size) for name in STRATEGIES])  # [S, B, M, N]

@@ -460,18 +460,22 @@ def training_latents(n_clips: int, folder: Path, batch_size: int = 32, workers: 
 
 
 def timestep_grids(strategy: str, batch_size: int, generator: torch.Generator, T: int,
-                   weights: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   weights: list[float] | None = None, clean_probability: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The grids of one batch and the strategy index of each example (-1 for a conditional task).
 
     ``strategy`` is a MoNL strategy (``monl``, ``vanilla``, ...) or ``conditional:<task>``: the
     task-specific baseline, with the task's condition cells at t = 0 and one shared t elsewhere.
+    ``clean_probability`` > 0: MoNL's strategies also draw clean cells (``monl.sample_timestep_grid``).
     """
     if strategy.startswith("conditional:"):
+        if clean_probability:
+            raise ValueError("--clean-probability is for MoNL strategies; a conditional baseline's conditions are always clean")
         mask = resolve_task(strategy.split(":", 1)[1])
         return conditional_grid(batch_size, mask, T, generator), torch.full((batch_size,), -1)
     if strategy == "monl":
-        return sample_timestep_grid(batch_size, "monl", T=T, weights=weights, generator=generator, return_strategy=True)
-    grid = sample_timestep_grid(batch_size, strategy, T=T, generator=generator)
+        return sample_timestep_grid(batch_size, "monl", T=T, weights=weights, generator=generator, return_strategy=True,
+                                    clean_probability=clean_probability)
+    grid = sample_timestep_grid(batch_size, strategy, T=T, generator=generator, clean_probability=clean_probability)
     return grid, torch.full((batch_size,), STRATEGIES.index(strategy))
 
 
@@ -499,7 +503,8 @@ def avdit_step_batch(latents: dict[str, torch.Tensor], args, step: int, rank: in
     generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 1009 + rank)
     per_rank = args.batch_size // world
     index = torch.randint(0, latents["video"].shape[0], (per_rank,), generator=generator)
-    grid, strategy = timestep_grids(args.strategy, per_rank, generator, args.T, args.weights)
+    grid, strategy = timestep_grids(args.strategy, per_rank, generator, args.T, args.weights,
+                                    getattr(args, "clean_probability", 0.0))
     return index, grid, strategy, generator
 
 
@@ -570,6 +575,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
     run_config = {"kind": "avdit", "strategy": args.strategy, "preset": args.preset, "schedule": args.schedule,
                   "prediction": args.prediction, "clips": args.clips, "batch_size": args.batch_size, "lr": args.lr,
                   "steps": args.steps, "seed": args.seed, "weights": args.weights, "init": args.init}
+    if args.clean_probability:  # left out at 0, so the configs of runs made before the flag still match
+        run_config["clean_probability"] = args.clean_probability
     start, loss_log = 0, []
     state_path = checkpoints.checkpoint_paths(stem)["state"]
     if args.resume and state_path.exists():
@@ -672,6 +679,9 @@ def add_avdit_arguments(parser: argparse.ArgumentParser) -> None:
                         help="monl | vanilla | per_modality | per_time | per_time_modality | conditional:<task>")
     parser.add_argument("--weights", type=float, nargs=4, default=None,
                         help="MoNL mixture weights of vanilla, per_modality, per_time, per_time_modality")
+    parser.add_argument("--clean-probability", type=float, default=0.0,
+                        help="MoNL: each drawn t is 0 (a clean cell, out of the loss) with this probability, "
+                             "so that training sees clean conditions as inference does (chapter 7)")
     parser.add_argument("--preset", default=None, help="tiny | small | base (default: the profile's)")
     parser.add_argument("--schedule", default="cosine")
     parser.add_argument("--prediction", default="epsilon", choices=["epsilon", "v"])

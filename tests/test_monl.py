@@ -117,3 +117,29 @@ def test_conditional_grid_errors():
         conditional_grid(2, torch.zeros(2, 5))
     with pytest.raises(ValueError, match="at least one cell"):
         conditional_grid(2, torch.ones(2, 5, dtype=torch.bool))
+
+
+def test_clean_probability_zero_draws_the_same_grids():
+    """p = 0 draws no extra random numbers: runs made before the option keep their grids."""
+    for strategy in (*STRATEGIES, "monl"):
+        assert torch.equal(grid(strategy), grid(strategy, clean_probability=0.0))
+
+
+def test_clean_cells_keep_each_strategy_structure():
+    timestep_grid, chosen = grid("monl", batch_size=4000, clean_probability=0.25, return_strategy=True)
+    clean = timestep_grid == 0
+    assert not clean.flatten(1).all(dim=1).any()  # every example keeps something to learn
+    assert not clean[chosen == STRATEGIES.index("vanilla")].any()  # a clean vanilla grid would be empty
+    per_modality = timestep_grid[chosen == STRATEGIES.index("per_modality")]
+    assert (per_modality == per_modality[:, :, :1]).all()  # still one t per row: a clean row is a2v / v2a
+    assert (per_modality[:, :, 0] == 0).any(dim=1).float().mean().item() == pytest.approx(0.375, abs=0.05)
+    per_time = timestep_grid[chosen == STRATEGIES.index("per_time")]
+    assert (per_time == per_time[:, :1, :]).all()  # one t per column: clean columns are continuation
+    cells = timestep_grid[chosen == STRATEGIES.index("per_time_modality")]
+    assert (cells == 0).float().mean().item() == pytest.approx(0.25, abs=0.02)
+    assert timestep_grid[~clean].min() >= 1
+
+
+def test_clean_probability_out_of_range():
+    with pytest.raises(ValueError, match="clean_probability"):
+        grid("monl", clean_probability=1.0)

@@ -119,3 +119,15 @@ def test_init_warm_starts_from_a_saved_pipeline(workspace):
     assert result["loss_log"][0]["loss"] != cold["loss_log"][0]["loss"]  # it did not start from a fresh network
     with pytest.raises(ValueError, match="network differs"):
         train(folder, latents, folder / "avdit_x", "--steps", "1", "--init", str(folder / "avdit_first"), "--prediction", "v")
+
+
+def test_clean_probability_trains_and_is_recorded(workspace):
+    """--clean-probability: clean cells in the grids, out of the loss; recorded in the run's config."""
+    folder, latents = workspace
+    log = train(folder, latents, folder / "avdit_clean", "--steps", "3", "--clean-probability", "0.5")["loss_log"]
+    assert len(log) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+    meta = json.loads((folder / "avdit_clean.json").read_text())
+    assert meta["run"]["clean_probability"] == 0.5
+    with pytest.raises(ValueError, match="conditional baseline"):
+        train(folder, latents, folder / "avdit_clean_conditional", "--steps", "1", "--strategy", "conditional:a2v",
+              "--clean-probability", "0.5")
