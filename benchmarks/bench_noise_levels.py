@@ -83,7 +83,8 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=200, help="held-out clips")
     parser.add_argument("--train-clips", type=int, default=3000, help="clips the readers learn from")
     parser.add_argument("--reader-steps", type=int, default=1500)
-    parser.add_argument("--model", default="monl")
+    parser.add_argument("--model", default="monl", help="pipeline name: data/checkpoints/avdit_<model>")
+    parser.add_argument("--out", default=None, help="result file (default: benchmarks/results/noise_levels.json)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -131,7 +132,7 @@ def main() -> None:
         result["tasks"][task] = rows
         print(task, json.dumps(rows), flush=True)
     result["seconds"] = round(time.perf_counter() - began, 1)
-    out_path = Path(__file__).parent / "results" / "noise_levels.json"
+    out_path = Path(args.out) if args.out else Path(__file__).parent / "results" / "noise_levels.json"
     out_path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out_path}")
 
