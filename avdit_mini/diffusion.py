@@ -127,7 +127,11 @@ class GridDiffusion:
             raise ValueError(f"steps must be in 1..{self.T}, got {steps}")
         return torch.linspace(self.T, 0, steps + 1).round().long().tolist()
 
-    def _model_eps(self, model, x: Latents, timestep_grid: Tensor) -> tuple[Latents, Latents]:
+    def predict(self, model, x: Latents, timestep_grid: Tensor) -> tuple[Latents, Latents]:
+        """One network call: its (epsilon, x0) estimates for noisy latents ``x`` at ``timestep_grid``.
+
+        What every sampler step asks; chapter 8 asks it once, to see what the network knows at a noise level.
+        """
         out_v, out_a = model(x.video, x.audio, timestep_grid)
         t_video, t_audio = self.frame_steps(timestep_grid)
         eps_v, x0_v = self.to_eps_x0(out_v.float(), x.video, t_video)
@@ -193,7 +197,7 @@ class GridDiffusion:
         for i in iterator:
             t_now, t_next = sequence[i], sequence[i + 1]
             grid = target_grid * t_now  # targets at t_now, conditions at 0: [B, M, N]
-            eps, x0 = self._model_eps(model, x, grid)
+            eps, x0 = self.predict(model, x, grid)
             if guidance != 1.0 and drop.any():
                 eps, x0 = self._guide(model, x, grid, eps, condition, drop, is_target, guidance, t_now, randn)
             if clip_x0 is not None:
@@ -212,7 +216,7 @@ class GridDiffusion:
                                            (condition.video, condition.audio), (is_target.video, is_target.audio)):
             dropped = _frame_mask(t_frames == self.T, xt) & ~target
             inputs.append(torch.where(dropped, self.schedule.q_sample(c, t_frames, randn(c.shape), time_dim=2), xt))
-        eps_u, _ = self._model_eps(model, Latents(*inputs), grid_u)
+        eps_u, _ = self.predict(model, Latents(*inputs), grid_u)
         guided = Latents(eps_u.video + guidance * (eps.video - eps_u.video),
                          eps_u.audio + guidance * (eps.audio - eps_u.audio))
         ab = self.schedule.alpha_bar[t_now]

@@ -503,8 +503,7 @@ def avdit_step_batch(latents: dict[str, torch.Tensor], args, step: int, rank: in
     generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 1009 + rank)
     per_rank = args.batch_size // world
     index = torch.randint(0, latents["video"].shape[0], (per_rank,), generator=generator)
-    grid, strategy = timestep_grids(args.strategy, per_rank, generator, args.T, args.weights,
-                                    getattr(args, "clean_probability", 0.0))
+    grid, strategy = timestep_grids(args.strategy, per_rank, generator, args.T, args.weights, args.clean_probability)
     return index, grid, strategy, generator
 
 

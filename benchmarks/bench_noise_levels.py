@@ -118,7 +118,7 @@ def main() -> None:
             grid = torch.where(task_pattern, 0, t).long().expand(args.clips, -1, -1)
             with torch.no_grad():
                 noisy = pipeline.diffusion.q_sample(clean, grid, noise)
-                _, x0 = pipeline.diffusion._model_eps(pipeline.avdit, noisy, grid)
+                _, x0 = pipeline.diffusion.predict(pipeline.avdit, noisy, grid)
             scale = float(pipeline.diffusion.schedule.alpha_bar[t]) ** -0.5
             rescaled = Latents(noisy.video * scale, noisy.audio * scale)
             for m, f in pairs:

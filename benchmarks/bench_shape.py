@@ -19,40 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from bench_noise_levels import encode, factor_labels, train_reader  # the same latent readers, one per factor
 from avdit_mini.data import SHAPES, WorldDataset, collate
 from avdit_mini.latents import video_segment_of_latent_frame
 from avdit_mini.metrics import score_clip
 from avdit_mini.pipeline import load_pipeline
 from avdit_mini.tasks import generate, resolve_task
-
-
-def encode(pipeline, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit-variance video latents [n, 8, 5, 8, 8] of a split's first n clips, and their shapes."""
-    dataset, latents, shapes = WorldDataset(n, split), [], []
-    for start in range(0, n, 64):
-        batch = collate([dataset[i] for i in range(start, min(n, start + 64))])
-        latents.append(pipeline.encode(batch["video"], batch["audio"]).video)
-        shapes += [SHAPES.index(f["shape"]) for f in batch["factors"]]
-    return torch.cat(latents), torch.tensor(shapes)
-
-
-def train_reader(latents: torch.Tensor, shapes: torch.Tensor, steps: int) -> nn.Module:
-    torch.manual_seed(0)
-    reader = nn.Sequential(
-        nn.Conv3d(latents.shape[1], 64, (1, 3, 3), padding=(0, 1, 1)), nn.SiLU(),
-        nn.Conv3d(64, 64, (1, 3, 3), padding=(0, 1, 1)), nn.SiLU(),
-        nn.AdaptiveMaxPool3d(1), nn.Flatten(), nn.Linear(64, len(SHAPES)))
-    optimiser = torch.optim.AdamW(reader.parameters(), lr=2e-3, weight_decay=0.01)
-    for _ in range(steps):
-        pick = torch.randint(0, len(latents), (64,))
-        loss = F.cross_entropy(reader(latents[pick]), shapes[pick])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    return reader.eval()
 
 
 def main() -> None:
@@ -68,9 +41,10 @@ def main() -> None:
     began = time.perf_counter()
     shipped = load_pipeline("monl", vocoder="griffin-lim")
     with torch.no_grad():
-        train_latents, train_shapes = encode(shipped, "train", args.train_clips)
-        test_latents, test_shapes = encode(shipped, "test", args.clips)
-    reader = train_reader(train_latents, train_shapes, args.reader_steps)
+        train, train_factors = encode(shipped, "train", args.train_clips)
+        test, test_factors = encode(shipped, "test", args.clips)
+    test_latents, test_shapes = test.video, factor_labels(test_factors, "shape")
+    reader = train_reader(train.video, factor_labels(train_factors, "shape"), "video", len(SHAPES), args.reader_steps)
     frame_segment = video_segment_of_latent_frame(shipped.geometry)
 
     def read(latents: torch.Tensor, frames: list[int]) -> float:
