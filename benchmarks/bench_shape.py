@@ -6,7 +6,8 @@ Trains chapter 3's small shape reader (two 3 x 3 convolutions per latent frame, 
 clip) on the *true* latents of training clips, then asks it about the latents each model
 *generates* for held-out clips -- only the generated latent frames -- next to the probe's reading
 of the decoded generated frames. If the reader fails too, the shape is missing from the latents
-(the diffusion model's doing), not lost by the decoder. Also samples the shipped model's
+(the diffusion model's doing), not lost by the decoder. Each run also records both confusion tables
+(true shape x shape read) and the generated object's fill ratio per true shape. Also samples the shipped model's
 ``continue_2`` with more DDIM steps and with stochastic (eta = 1) steps.
 """
 
@@ -23,7 +24,8 @@ import torch
 from bench_noise_levels import encode, factor_labels, train_reader  # the same latent readers, one per factor
 from avdit_mini.data import SHAPES, WorldDataset, collate
 from avdit_mini.latents import video_segment_of_latent_frame
-from avdit_mini.metrics import score_clip
+from avdit_mini import probes
+from avdit_mini.metrics import _frames_in, generated_spans, score_clip
 from avdit_mini.pipeline import load_pipeline
 from avdit_mini.tasks import generate, resolve_task
 
@@ -36,20 +38,33 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["monl_4k", "monl_10k", "monl"])
     parser.add_argument("--tasks", nargs="+", default=["continue_2", "a2v"])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-extra", action="store_true",
+                        help="skip the shipped model's extra continue_2 runs (eta = 1, 200 DDIM steps)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the models encode and sample (the reader always runs on the CPU)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "shape.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
-    shipped = load_pipeline("monl", vocoder="griffin-lim")
+    shipped = load_pipeline("monl", vocoder="griffin-lim", device=args.device)
     with torch.no_grad():
         train, train_factors = encode(shipped, "train", args.train_clips)
         test, test_factors = encode(shipped, "test", args.clips)
-    test_latents, test_shapes = test.video, factor_labels(test_factors, "shape")
-    reader = train_reader(train.video, factor_labels(train_factors, "shape"), "video", len(SHAPES), args.reader_steps)
+    test_latents, test_shapes = test.video.cpu(), factor_labels(test_factors, "shape")
+    reader = train_reader(train.video.cpu(), factor_labels(train_factors, "shape"), "video", len(SHAPES), args.reader_steps)
     frame_segment = video_segment_of_latent_frame(shipped.geometry)
 
     def read(latents: torch.Tensor, frames: list[int]) -> float:
         with torch.no_grad():
             return float((reader(latents[:, :, frames]).argmax(1) == test_shapes).float().mean())
+
+    def confusion(read_as: list[int]) -> list[list[int]]:
+        """Rows: the true shape (SHAPES order); columns: the shape read."""
+        table = np.zeros((len(SHAPES), len(SHAPES)), dtype=int)
+        for true, seen in zip(test_shapes.tolist(), read_as):
+            if seen is not None:
+                table[true, seen] += 1
+        return table.tolist()
 
     result = {"clips": args.clips, "train_clips": args.train_clips, "reader_steps": args.reader_steps,
               "reader_on_true_latents": read(test_latents, list(range(test_latents.shape[2]))), "runs": []}
@@ -57,22 +72,35 @@ def main() -> None:
     items = [dataset[i] for i in range(args.clips)]
     batch = collate(items)
     runs = [(name, task, "ddim", 0.0, 50) for name in args.models for task in args.tasks]
-    runs += [("monl", "continue_2", "ddim", 1.0, 50), ("monl", "continue_2", "ddim", 0.0, 200)]
+    if not args.no_extra:
+        runs += [("monl", "continue_2", "ddim", 1.0, 50), ("monl", "continue_2", "ddim", 0.0, 200)]
     pipelines = {}
     for name, task, sampler, eta, steps in runs:
-        pipeline = pipelines.setdefault(name, load_pipeline(name, vocoder="griffin-lim"))
+        pipeline = pipelines.setdefault(name, load_pipeline(name, vocoder="griffin-lim", device=args.device))
         task_pattern = resolve_task(task, pipeline.geometry.segments)
         generated_frames = [f for f in range(len(frame_segment)) if not task_pattern[0, frame_segment[f]]]
         out = generate(pipeline, task_pattern, {"video": batch["video"], "audio": batch["audio"]}, steps=steps,
                        sampler=sampler, eta=eta, seed=0, batch_size=args.clips)
         probe = np.mean([score_clip(task_pattern, v, a, item)["video_shape"] for v, a, item in zip(out.video, out.audio, items)])
-        run = {"model": name, "task": task, "sampler": sampler, "eta": eta, "steps": steps,
+        # what each reads, clip by clip: the reader from the generated latent frames, the probe from the generated
+        # frames' pixels (score_clip's frames), with the object's fill ratio that the probe decides by (chapter 3)
+        pixel_frames = _frames_in(generated_spans(task_pattern[0]), out.video.shape[2])
+        seen = [probes.measure_video(v[:, pixel_frames]) for v in out.video]
+        with torch.no_grad():
+            reader_calls = reader(out.latents.video.cpu()[:, :, generated_frames]).argmax(1).tolist()
+        fills = {shape: float(np.nanmean([s["fill_ratio"] for s, t in zip(seen, test_shapes.tolist()) if SHAPES[t] == shape] or [np.nan]))
+                 for shape in SHAPES}
+        run = {"model": name, "trained_steps": pipeline.meta.get("step"), "task": task, "sampler": sampler, "eta": eta, "steps": steps,
                "reader_on_true_latents_same_frames": read(test_latents, generated_frames),
-               "reader_on_generated_latents": read(out.latents.video, generated_frames), "probe_on_generated_frames": float(probe)}
+               "reader_on_generated_latents": read(out.latents.video.cpu(), generated_frames), "probe_on_generated_frames": float(probe),
+               "reader_confusion": confusion(reader_calls),
+               "probe_confusion": confusion([SHAPES.index(s["shape"]) if s["shape"] in SHAPES else None for s in seen]),
+               "fill_ratio_by_true_shape": fills}
         result["runs"].append(run)
         print(run, flush=True)
     result["seconds"] = round(time.perf_counter() - began, 1)
-    out_path = Path(__file__).parent / "results" / "shape.json"
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out_path}")
 
