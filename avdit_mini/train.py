@@ -172,17 +172,27 @@ def freeze_encoder_from(model: nn.Module, stem: Path) -> None:
 
 
 def autoencoder_loss(model: nn.Module, modality: str, batch: dict, edge: float = 0.0,
-                     frames: int = 0) -> dict[str, torch.Tensor]:
+                     frames: int = 0, latent_noise: float = 0.0) -> dict[str, torch.Tensor]:
     """Video: object-weighted MSE on pixels (+ ``edge`` x the image-gradient L1). Audio: L1 + MSE on normalised log-mel.
 
     ``frames`` > 0 (video): the loss on that many random frames of the 17 (the same for the whole batch).
+    ``latent_noise`` > 0 (video): the decoder sees its latent plus Gaussian noise of a standard deviation
+    drawn per clip from U(0, ``latent_noise``), in units of each channel's spread -- so that it learns to
+    draw the true clip from a latent that is a little off, as a diffusion model's samples are (chapter 3).
     """
     if modality == "video":
         video = batch["video"]
-        if not frames:
+        if not frames and not latent_noise:
             return reconstruction_loss(model(video), video, edge=edge)
+        latent = model.encode(video)
+        if latent_noise:
+            spread = latent.detach().std(dim=(0, 2, 3, 4), keepdim=True)  # per channel, over the batch
+            sigma = latent_noise * torch.rand(latent.shape[0], 1, 1, 1, 1, device=latent.device)
+            latent = latent + sigma * spread * torch.randn_like(latent)
+        if not frames:
+            return reconstruction_loss(model.decode_raw(latent), video, edge=edge)
         chosen = torch.randperm(video.shape[2])[:frames].sort().values.to(video.device)
-        return reconstruction_loss(model.decode_raw(model.encode(video), chosen), video[:, :, chosen], edge=edge)
+        return reconstruction_loss(model.decode_raw(latent, chosen), video[:, :, chosen], edge=edge)
     target = model.log_mel(batch["audio"])  # [B, 64, 136]
     error = model.decode(model.encode_mel(target)) - target
     l1, mse = error.abs().mean(), error.square().mean()
@@ -313,7 +323,8 @@ def train_loop(model: nn.Module, args: argparse.Namespace, optimizer, scheduler,
     ``quick()`` a cheap number for the log at each checkpoint (default: ``quick_eval``).
     """
     if loss_fn is None:
-        loss_fn = lambda batch, _: autoencoder_loss(model, args.modality, batch, args.edge_weight, args.loss_frames)  # noqa: E731
+        loss_fn = lambda batch, _: autoencoder_loss(model, args.modality, batch, args.edge_weight, args.loss_frames,  # noqa: E731
+                                                    args.latent_noise)
         quick = lambda: quick_eval(model, args.modality)  # noqa: E731
     timer, started, first_step = CheckpointTimer(args.save_every_seconds), time.monotonic(), step
     deadline = started + 60 * args.max_minutes if args.max_minutes else math.inf
@@ -737,6 +748,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   "sharpening head is then run on those only, which makes a wide head affordable")
     autoencoder.add_argument("--edge-weight", type=float, default=0.0,
                              help="video: weight of the L1 loss on image gradients (sharp edges, flat colour)")
+    autoencoder.add_argument("--latent-noise", type=float, default=0.0,
+                             help="video: decode latents plus noise of up to this many channel spreads (with "
+                                  "--finetune-decoder: a decoder that draws sharp shapes from a diffusion model's "
+                                  "slightly-off latents)")
     add_common_arguments(autoencoder)
     autoencoder.set_defaults(run=run_autoencoder)
     vocoder = commands.add_parser("vocoder", help="train the mel -> linear spectrogram post-net before Griffin-Lim (chapter 2)")

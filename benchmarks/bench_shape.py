@@ -7,8 +7,14 @@ clip) on the *true* latents of training clips, then asks it about the latents ea
 *generates* for held-out clips -- only the generated latent frames -- next to the probe's reading
 of the decoded generated frames. If the reader fails too, the shape is missing from the latents
 (the diffusion model's doing), not lost by the decoder. Each run also records both confusion tables
-(true shape x shape read) and the generated object's fill ratio per true shape. Also samples the shipped model's
-``continue_2`` with more DDIM steps and with stochastic (eta = 1) steps.
+(true shape x shape read) and the generated object's fill ratio per true shape. Also samples the
+shipped model's ``continue_2`` with more DDIM steps and with stochastic (eta = 1) steps (not with --no-extra).
+
+    python benchmarks/bench_shape.py --models base_scratch monl --tasks a2v continue_2 --no-extra \
+        --save-latents runs/generated.pt --out runs/shape.json             # sample once, keep the latents
+    python benchmarks/bench_shape.py --models base_scratch monl --tasks a2v continue_2 --no-extra \
+        --load-latents runs/generated.pt --video-ae runs/robust/video_ae --out runs/shape_robust.json
+                                             # the same latents, drawn by another decoder
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ from avdit_mini.data import SHAPES, WorldDataset, collate
 from avdit_mini.latents import video_segment_of_latent_frame
 from avdit_mini import probes
 from avdit_mini.metrics import _frames_in, generated_spans, score_clip
-from avdit_mini.pipeline import load_pipeline
+from avdit_mini.checkpoints import sha256
+from avdit_mini.diffusion import Latents
+from avdit_mini.pipeline import CHECKPOINTS, load_autoencoder, load_pipeline
 from avdit_mini.tasks import generate, resolve_task
 
 
@@ -35,7 +43,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=100, help="held-out clips per task")
     parser.add_argument("--train-clips", type=int, default=3000)
     parser.add_argument("--reader-steps", type=int, default=1500)
-    parser.add_argument("--models", nargs="+", default=["monl_4k", "monl_10k", "monl"])
+    parser.add_argument("--models", nargs="*", default=["monl_4k", "monl_10k", "monl"])
     parser.add_argument("--tasks", nargs="+", default=["continue_2", "a2v"])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-extra", action="store_true",
@@ -43,6 +51,15 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the models encode and sample (the reader always runs on the CPU)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "shape.json"))
+    parser.add_argument("--save-latents", default=None, metavar="FILE", help="keep every run's generated latents in FILE")
+    parser.add_argument("--load-latents", default=None, metavar="FILE",
+                        help="decode the latents an earlier run saved (same --clips, --models, --tasks) instead of sampling")
+    parser.add_argument("--video-ae", default=None, metavar="STEM",
+                        help="decode with this video autoencoder instead of the shipped one (a decoder fine-tuned "
+                             "from it: the encoder, and so every latent, must be the shipped one's)")
+    parser.add_argument("--latent-noise", type=float, nargs="*", default=[], metavar="SIGMA",
+                        help="also decode the test clips' true latents plus Gaussian noise of these standard deviations "
+                             "(the latents have unit variance): does the reader still find the shape, and the probe?")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
@@ -53,6 +70,15 @@ def main() -> None:
     test_latents, test_shapes = test.video.cpu(), factor_labels(test_factors, "shape")
     reader = train_reader(train.video.cpu(), factor_labels(train_factors, "shape"), "video", len(SHAPES), args.reader_steps)
     frame_segment = video_segment_of_latent_frame(shipped.geometry)
+    decoder = None
+    if args.video_ae:
+        decoder = load_autoencoder("video", Path(args.video_ae).parent, name=Path(args.video_ae).name).to(args.device)
+        mine, theirs = decoder.encoder.state_dict(), shipped.video_ae.encoder.state_dict()
+        if any(not torch.equal(mine[k], theirs[k]) for k in theirs):
+            raise ValueError(f"--video-ae {args.video_ae}: its encoder is not the shipped one, so its latents differ")
+        shipped.video_ae = decoder
+    loaded = torch.load(args.load_latents) if args.load_latents else None
+    saved = {}
 
     def read(latents: torch.Tensor, frames: list[int]) -> float:
         with torch.no_grad():
@@ -66,38 +92,71 @@ def main() -> None:
                 table[true, seen] += 1
         return table.tolist()
 
+    def fill_ratios(seen: list[dict]) -> dict[str, float]:
+        """Per true shape, the mean of the fill ratio (object area / its box's) that the probe decides the shape by."""
+        return {shape: float(np.nanmean([s["fill_ratio"] for s, t in zip(seen, test_shapes.tolist()) if SHAPES[t] == shape]
+                                        or [np.nan])) for shape in SHAPES}
+
     result = {"clips": args.clips, "train_clips": args.train_clips, "reader_steps": args.reader_steps,
+              "video_ae": sha256(Path(args.video_ae).with_suffix(".safetensors") if args.video_ae else CHECKPOINTS / "video_ae.safetensors")[:12],
               "reader_on_true_latents": read(test_latents, list(range(test_latents.shape[2]))), "runs": []}
     dataset = WorldDataset(args.clips, "test")
     items = [dataset[i] for i in range(args.clips)]
     batch = collate(items)
+    noise = torch.Generator().manual_seed(0)
+    for sigma in args.latent_noise:  # a latent a little off, as a sample is: what survives the decoder?
+        noisy = test_latents + sigma * torch.randn(test_latents.shape, generator=noise)
+        with torch.no_grad():
+            video, _ = shipped.decode(Latents(noisy.to(args.device), test.audio), audio=False)
+        seen = [probes.measure_video(v) for v in video.cpu()]
+        row = {"sigma": sigma, "reader": read(noisy, list(range(noisy.shape[2]))),
+               "probe": float(np.mean([s["shape"] == item["factors"]["shape"] for s, item in zip(seen, items)])),
+               "read_as_circle": float(np.mean([s["shape"] == "circle" for s in seen])),
+               "probe_confusion": confusion([SHAPES.index(s["shape"]) if s["shape"] in SHAPES else None for s in seen]),
+               "fill_ratio_by_true_shape": fill_ratios(seen)}
+        result.setdefault("noisy_true_latents", []).append(row)
+        print(row, flush=True)
     runs = [(name, task, "ddim", 0.0, 50) for name in args.models for task in args.tasks]
     if not args.no_extra:
         runs += [("monl", "continue_2", "ddim", 1.0, 50), ("monl", "continue_2", "ddim", 0.0, 200)]
     pipelines = {}
     for name, task, sampler, eta, steps in runs:
-        pipeline = pipelines.setdefault(name, load_pipeline(name, vocoder="griffin-lim", device=args.device))
+        if name not in pipelines:
+            pipelines[name] = load_pipeline(name, vocoder="griffin-lim", device=args.device)
+            if decoder is not None:
+                pipelines[name].video_ae = decoder
+        pipeline = pipelines[name]
         task_pattern = resolve_task(task, pipeline.geometry.segments)
         generated_frames = [f for f in range(len(frame_segment)) if not task_pattern[0, frame_segment[f]]]
-        out = generate(pipeline, task_pattern, {"video": batch["video"], "audio": batch["audio"]}, steps=steps,
-                       sampler=sampler, eta=eta, seed=0, batch_size=args.clips)
-        probe = np.mean([score_clip(task_pattern, v, a, item)["video_shape"] for v, a, item in zip(out.video, out.audio, items)])
+        key = f"{name} {task} {sampler} eta={eta} steps={steps}"
+        if loaded is not None:
+            if key not in loaded:
+                raise KeyError(f"--load-latents {args.load_latents} has no run {key!r}; it has {sorted(loaded)}")
+            latents = Latents(loaded[key]["video"].to(args.device), loaded[key]["audio"].to(args.device))
+            with torch.no_grad():
+                video, audio = (x.cpu() for x in pipeline.decode(latents))
+        else:
+            out = generate(pipeline, task_pattern, {"video": batch["video"], "audio": batch["audio"]}, steps=steps,
+                           sampler=sampler, eta=eta, seed=0, batch_size=args.clips)
+            latents, video, audio = out.latents, out.video, out.audio
+        saved[key] = {"video": latents.video.cpu(), "audio": latents.audio.cpu()}
+        probe = np.mean([score_clip(task_pattern, v, a, item)["video_shape"] for v, a, item in zip(video, audio, items)])
         # what each reads, clip by clip: the reader from the generated latent frames, the probe from the generated
         # frames' pixels (score_clip's frames), with the object's fill ratio that the probe decides by (chapter 3)
-        pixel_frames = _frames_in(generated_spans(task_pattern[0]), out.video.shape[2])
-        seen = [probes.measure_video(v[:, pixel_frames]) for v in out.video]
+        pixel_frames = _frames_in(generated_spans(task_pattern[0]), video.shape[2])
+        seen = [probes.measure_video(v[:, pixel_frames]) for v in video]
         with torch.no_grad():
-            reader_calls = reader(out.latents.video.cpu()[:, :, generated_frames]).argmax(1).tolist()
-        fills = {shape: float(np.nanmean([s["fill_ratio"] for s, t in zip(seen, test_shapes.tolist()) if SHAPES[t] == shape] or [np.nan]))
-                 for shape in SHAPES}
+            reader_calls = reader(saved[key]["video"][:, :, generated_frames]).argmax(1).tolist()
         run = {"model": name, "trained_steps": pipeline.meta.get("step"), "task": task, "sampler": sampler, "eta": eta, "steps": steps,
                "reader_on_true_latents_same_frames": read(test_latents, generated_frames),
-               "reader_on_generated_latents": read(out.latents.video.cpu(), generated_frames), "probe_on_generated_frames": float(probe),
+               "reader_on_generated_latents": read(saved[key]["video"], generated_frames), "probe_on_generated_frames": float(probe),
                "reader_confusion": confusion(reader_calls),
                "probe_confusion": confusion([SHAPES.index(s["shape"]) if s["shape"] in SHAPES else None for s in seen]),
-               "fill_ratio_by_true_shape": fills}
+               "fill_ratio_by_true_shape": fill_ratios(seen)}
         result["runs"].append(run)
         print(run, flush=True)
+        if args.save_latents:
+            torch.save(saved, args.save_latents)
     result["seconds"] = round(time.perf_counter() - began, 1)
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A second GPU session (about 9 minutes on one H100/H200): does a bigger AVDiT keep the shape?
+# A second GPU session (7.5 minutes on one H200): does a bigger AVDiT keep the shape?
 #   1. encode CLIPS training clips once (CPU workers make the clips, the GPU encodes them; cached);
 #   2. side by side on the one GPU, both from scratch, the same data, seed, batch, learning rate and
 #      STEPS: the MoNL AVDiT `base` (32.5 M parameters, the gpu profile's) and `small` (1.9 M, the shipped one's);

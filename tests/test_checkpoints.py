@@ -135,6 +135,37 @@ def test_finetune_decoder_into_a_wider_head_starts_where_the_old_decoder_was(tmp
     assert checkpoints.load_checkpoint(tmp_path / "wide")[1]["config"]["model"]["refine_hints"] == 2
 
 
+def test_latent_noise_perturbs_only_what_the_decoder_sees(tmp_path):
+    """--latent-noise: the decoder learns from latents plus noise scaled by each channel's spread; the
+    encoder, and so the latents an AVDiT is trained on, stay exactly the stored ones."""
+    from avdit_mini.train import autoencoder_loss, build_autoencoder
+
+    model, _ = build_autoencoder("video", tiny=True)
+    batch = {"video": torch.rand(4, 3, 17, 64, 64)}
+    seen = []
+    decode_raw = model.decode_raw
+    model.decode_raw = lambda latent, frames=None: seen.append(latent.detach()) or decode_raw(latent, frames)
+    with torch.no_grad():
+        latent = model.encode(batch["video"])
+    autoencoder_loss(model, "video", batch, latent_noise=0.0)
+    assert torch.equal(seen[-1], latent)                                       # 0: the decoder sees the latent
+    torch.manual_seed(0)
+    assert torch.isfinite(autoencoder_loss(model, "video", batch, frames=3, latent_noise=1.0)["loss"])
+    offset = seen[-1] - latent
+    spread = latent.std(dim=(0, 2, 3, 4))
+    per_channel = offset.std(dim=(0, 2, 3, 4)) / spread                        # noise in units of each channel's spread
+    assert offset.abs().max() > 0 and (per_channel < 1.0).all() and per_channel.mean() > 0.1
+    common = ["autoencoder", "--modality", "video", "--tiny", "--steps", "2", "--batch-size", "2", "--warmup", "1",
+              "--eval-clips", "0", "--no-manifest", "--threads", "1"]
+    main(common + ["--out", str(tmp_path / "base")])
+    main(common + ["--out", str(tmp_path / "robust"), "--finetune-decoder", str(tmp_path / "base"), "--latent-noise", "0.5"])
+    base, _ = checkpoints.load_checkpoint(tmp_path / "base")
+    robust, meta = checkpoints.load_checkpoint(tmp_path / "robust")
+    assert all(torch.equal(base[k], robust[k]) for k in base if k.startswith("encoder."))
+    assert any(not torch.equal(base[k], robust[k]) for k in base if k.startswith("decoder."))
+    assert "--latent-noise 0.5" in meta["command"]
+
+
 def test_latent_cache_is_named_by_the_encoders_only(tmp_path):
     """A decoder fine-tune keeps the cached training latents; a new encoder does not."""
     from avdit_mini.train import latent_cache_name
