@@ -12,6 +12,7 @@ split; metrics at the end use the disjoint ``val`` split.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import math
 import shlex
@@ -39,7 +40,8 @@ from .monl import STRATEGIES, conditional_grid, sample_timestep_grid
 from .pipeline import AVPipeline, load_autoencoder, load_pipeline_state, save_pipeline
 from .schedules import NoiseSchedule
 from .tasks import resolve_task
-from .video_ae import TINY_VIDEO_CONFIG, VideoAEConfig, VideoAutoencoder, psnr, reconstruction_loss
+from .video_ae import (TINY_VIDEO_CONFIG, FrameCritic, VideoAEConfig, VideoAutoencoder, hinge_critic_loss, object_crops,
+                       psnr, reconstruction_loss)
 
 TINY_AUDIO_CONFIG = AudioAEConfig(channels=(16, 16, 16), blocks=1, groups=4, griffin_lim_iters=4)
 TRAIN_CLIPS = 10_000_000  # seeds of the train split drawn from: practically every clip is new
@@ -69,8 +71,23 @@ def clip_loader(start_step: int, total_steps: int, batch_size: int, n_clips: int
     """Batches of world clips generated on the fly, deterministic in the step."""
     dataset = WorldDataset(n_clips, split)
     sampler = StepSampler(start_step, total_steps, batch_size, n_clips)
+    # its own generator: starting the loader draws a seed, which must not come from the global random
+    # state (a resumed run starts a loader mid-way, and the steps' own draws would shift by one)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=workers,
-                      persistent_workers=False, prefetch_factor=4 if workers else None)
+                      persistent_workers=False, prefetch_factor=4 if workers else None,
+                      generator=torch.Generator().manual_seed(start_step))
+
+
+def rng_neutral(function):
+    """Run ``function`` without moving the global random states (evaluations between training steps)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        state = checkpoints.rng_state()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            checkpoints.set_rng_state(state)
+    return wrapper
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int,
@@ -172,8 +189,8 @@ def freeze_encoder_from(model: nn.Module, stem: Path) -> None:
 
 
 def autoencoder_loss(model: nn.Module, modality: str, batch: dict, edge: float = 0.0,
-                     frames: int = 0, latent_noise: float = 0.0) -> dict[str, torch.Tensor]:
-    """Video: object-weighted MSE on pixels (+ ``edge`` x the image-gradient L1). Audio: L1 + MSE on normalised log-mel.
+                     frames: int = 0, latent_noise: float = 0.0, pixel: str = "mse") -> dict[str, torch.Tensor]:
+    """Video: object-weighted ``pixel`` error (MSE or L1, + ``edge`` x the image-gradient L1). Audio: L1 + MSE on normalised log-mel.
 
     ``frames`` > 0 (video): the loss on that many random frames of the 17 (the same for the whole batch).
     ``latent_noise`` > 0 (video): the decoder sees its latent plus Gaussian noise of a standard deviation
@@ -183,20 +200,82 @@ def autoencoder_loss(model: nn.Module, modality: str, batch: dict, edge: float =
     if modality == "video":
         video = batch["video"]
         if not frames and not latent_noise:
-            return reconstruction_loss(model(video), video, edge=edge)
+            return reconstruction_loss(model(video), video, edge=edge, pixel=pixel)
         latent = model.encode(video)
         if latent_noise:
             spread = latent.detach().std(dim=(0, 2, 3, 4), keepdim=True)  # per channel, over the batch
             sigma = latent_noise * torch.rand(latent.shape[0], 1, 1, 1, 1, device=latent.device)
             latent = latent + sigma * spread * torch.randn_like(latent)
         if not frames:
-            return reconstruction_loss(model.decode_raw(latent), video, edge=edge)
+            return reconstruction_loss(model.decode_raw(latent), video, edge=edge, pixel=pixel)
         chosen = torch.randperm(video.shape[2])[:frames].sort().values.to(video.device)
-        return reconstruction_loss(model.decode_raw(latent, chosen), video[:, :, chosen], edge=edge)
+        return reconstruction_loss(model.decode_raw(latent, chosen), video[:, :, chosen], edge=edge, pixel=pixel)
     target = model.log_mel(batch["audio"])  # [B, 64, 136]
     error = model.decode(model.encode_mel(target)) - target
     l1, mse = error.abs().mean(), error.square().mean()
     return {"loss": l1 + mse, "l1": l1.detach(), "mse": mse.detach()}
+
+
+class Adversary:
+    """The video decoder's critic (``--adversarial W``, chapter 3): a :class:`FrameCritic`, its optimiser, its loss.
+
+    Each step, ``loss(batch, step)`` first trains the critic one step on real frames against the
+    decoder's (detached), both cut to a window around the object (:func:`object_crops`), then returns the decoder's loss: the reconstruction loss plus
+    ``weight x lambda x`` the adversarial term ``-critic(decoded)``. ``lambda`` balances the two
+    by their gradients at the decoder's last layer (Esser et al., 2021, VQGAN): the critic may pull
+    as hard as the reconstruction does, no harder. For the first ``start`` steps only the critic
+    learns. Its state is saved beside the checkpoint (``<stem>.critic.pt``), so a resume is exact.
+    """
+
+    def __init__(self, model: nn.Module, args: argparse.Namespace, device: torch.device):
+        self.model, self.args, self.weight, self.start = model, args, args.adversarial, args.adversarial_start
+        self.critic = FrameCritic().to(device)
+        self.optimizer = torch.optim.AdamW(self.critic.parameters(), lr=args.critic_lr, betas=(0.5, 0.9), weight_decay=0.0)
+        self.last_layer = next(iter(model.refine.net[-1].parameters() if model.refine is not None else model.decoder[-1].parameters()))
+        self.stats: list[tuple[float, float, float]] = []
+
+    def path(self, stem: Path) -> Path:
+        return Path(f"{stem}.critic.pt")
+
+    def save(self, stem: Path) -> None:
+        state = {"critic": self.critic.state_dict(), "optimizer": self.optimizer.state_dict()}
+        checkpoints._atomic_write(self.path(stem), lambda tmp: torch.save(state, tmp))
+        if self.stats:
+            critic, adversarial, balance = np.mean(self.stats[-50:], axis=0)
+            log(f"critic: hinge loss {critic:.3f}, decoder's adversarial term {adversarial:.3f}, lambda {balance:.2e}")
+
+    def load(self, stem: Path) -> None:
+        if not self.path(stem).exists():
+            raise FileNotFoundError(f"--resume with --adversarial: {self.path(stem)} is missing (the critic's state)")
+        state = torch.load(self.path(stem), map_location=next(self.critic.parameters()).device, weights_only=True)
+        self.critic.load_state_dict(state["critic"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def loss(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        video, args = batch["video"], self.args
+        frames = args.loss_frames or video.shape[2]
+        chosen = torch.randperm(video.shape[2])[:frames].sort().values.to(video.device)
+        latent = self.model.encode(video)
+        decoded, real = self.model.decode_raw(latent, chosen), video[:, :, chosen]
+        real_crops, decoded_crops = object_crops([real, decoded.clamp(0, 1)], real, args.critic_crop)
+        # 1. the critic: one step on real frames against the decoder's, detached
+        self.critic.requires_grad_(True)
+        critic_loss = hinge_critic_loss(self.critic(real_crops), self.critic(decoded_crops.detach()))
+        self.optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.optimizer.step()
+        # 2. the decoder: reconstruction + the balanced adversarial term
+        losses = reconstruction_loss(decoded, real, edge=args.edge_weight, pixel=args.pixel_loss)
+        self.critic.requires_grad_(False)
+        adversarial = -self.critic(decoded_crops).mean()
+        balance = torch.zeros(())
+        if step >= self.start:
+            rec_grad = torch.autograd.grad(losses["loss"], self.last_layer, retain_graph=True)[0]
+            adv_grad = torch.autograd.grad(adversarial, self.last_layer, retain_graph=True)[0]
+            balance = (rec_grad.norm() / (adv_grad.norm() + 1e-4)).clamp(0, 1e4).detach()
+            losses["loss"] = losses["loss"] + self.weight * balance * adversarial
+        self.stats.append((float(critic_loss.detach()), float(adversarial.detach()), float(balance)))
+        return {**losses, "critic": critic_loss.detach(), "adversarial": adversarial.detach()}
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -212,6 +291,7 @@ def val_batches(n_clips: int, batch_size: int, device: torch.device | str = "cpu
         yield to_device(batch, torch.device(device))
 
 
+@rng_neutral
 @torch.no_grad()
 def quick_eval(model: nn.Module, modality: str, n_clips: int = 8) -> dict:
     """A cheap number for the log at each checkpoint: val PSNR (video) or log-mel L1 (audio)."""
@@ -226,6 +306,7 @@ def quick_eval(model: nn.Module, modality: str, n_clips: int = 8) -> dict:
     return result
 
 
+@rng_neutral
 @torch.no_grad()
 def evaluate_autoencoder(model: nn.Module, modality: str, n_clips: int, batch_size: int = 8) -> dict:
     """Reconstruction metrics on ``n_clips`` val clips, and the probes on reconstructions.
@@ -276,15 +357,27 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
         freeze_encoder_from(model, Path(args.finetune_decoder))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
+    adversary = None
+    if args.adversarial:  # built before the resume restores the random state (the critic's init draws from it)
+        if args.modality != "video":
+            raise ValueError("--adversarial is for the video decoder (--modality video)")
+        adversary = Adversary(model, args, device)
     optimizer, scheduler, step, loss_log = optimiser_and_resume(model, args, config, steps)
     stem = Path(args.out)
     parameters = sum(p.numel() for p in model.parameters())
     log(f"{args.modality} autoencoder: {parameters:,} parameters, {steps} steps of {batch_size} clips, "
         f"{args.threads} threads, {args.workers} data workers, device {device}, profile {profile.name}")
-    step, loss_log = train_loop(model, args, optimizer, scheduler, stem, config, step, steps, batch_size, loss_log)
+    if adversary and args.resume:
+        adversary.load(stem)
+    step, loss_log = train_loop(model, args, optimizer, scheduler, stem, config, step, steps, batch_size, loss_log,
+                                loss_fn=adversary.loss if adversary else None,
+                                quick=(lambda: quick_eval(model, "video")) if adversary else None,
+                                on_save=adversary.save if adversary else None)
     metrics = evaluate_autoencoder(model, args.modality, args.eval_clips) if args.eval_clips else {}
     log(f"metrics: {metrics}")
     save_final(stem, model, config, optimizer, scheduler, step, loss_log, metrics, args, parameters, batch_size)
+    if adversary:
+        adversary.save(stem)
     return metrics
 
 
@@ -316,15 +409,16 @@ def save_final(stem: Path, model: nn.Module, config: dict, optimizer, scheduler,
 
 def train_loop(model: nn.Module, args: argparse.Namespace, optimizer, scheduler, stem: Path, config: dict,
                step: int, steps: int, batch_size: int, loss_log: list, loss_fn=None, quick=None,
-               desc: str | None = None) -> tuple[int, list]:
+               desc: str | None = None, on_save=None) -> tuple[int, list]:
     """The optimisation loop with the checkpoint timer and the wall-clock budget.
 
     ``loss_fn(batch, step)`` gives the losses of a batch (default: the autoencoder's of ``args.modality``);
-    ``quick()`` a cheap number for the log at each checkpoint (default: ``quick_eval``).
+    ``quick()`` a cheap number for the log at each checkpoint (default: ``quick_eval``); ``on_save(stem)``
+    saves whatever else a resume needs (the critic of ``--adversarial``) with each checkpoint.
     """
     if loss_fn is None:
         loss_fn = lambda batch, _: autoencoder_loss(model, args.modality, batch, args.edge_weight, args.loss_frames,  # noqa: E731
-                                                    args.latent_noise)
+                                                    args.latent_noise, args.pixel_loss)
         quick = lambda: quick_eval(model, args.modality)  # noqa: E731
     timer, started, first_step = CheckpointTimer(args.save_every_seconds), time.monotonic(), step
     deadline = started + 60 * args.max_minutes if args.max_minutes else math.inf
@@ -346,6 +440,8 @@ def train_loop(model: nn.Module, args: argparse.Namespace, optimizer, scheduler,
         out_of_time = time.monotonic() >= deadline
         if timer.due() or out_of_time or (args.stop_after and step >= args.stop_after):
             save_all(stem, model, config, optimizer, scheduler, step, loss_log)
+            if on_save:
+                on_save(stem)
             log(f"step {step}: loss {np.mean(loss_log[-50:]):.5f} {quick() if quick else ''} "
                 f"({(step - first_step) / max(time.monotonic() - started, 1e-9):.2f} steps/s this run) -> {stem}")
         if out_of_time:
@@ -377,6 +473,7 @@ def postnet_inputs(audio_ae: nn.Module, audio: torch.Tensor, step: int) -> torch
         return log_mel if step % 2 == 0 else audio_ae(audio)
 
 
+@rng_neutral
 @torch.no_grad()
 def evaluate_postnet(postnet: nn.Module, audio_ae: nn.Module, n_clips: int, batch_size: int = 16) -> dict:
     """The audio probes on val clips inverted by plain Griffin-Lim and by Griffin-Lim after the post-net.
@@ -748,6 +845,17 @@ def build_parser() -> argparse.ArgumentParser:
                                   "sharpening head is then run on those only, which makes a wide head affordable")
     autoencoder.add_argument("--edge-weight", type=float, default=0.0,
                              help="video: weight of the L1 loss on image gradients (sharp edges, flat colour)")
+    autoencoder.add_argument("--pixel-loss", choices=("mse", "l1"), default="mse",
+                             help="video: the per-pixel error; mse draws the mean of what a pixel could be, l1 "
+                                  "the median (sharper edges where the decoder is unsure)")
+    autoencoder.add_argument("--adversarial", type=float, default=0.0, metavar="W",
+                             help="video: train the decoder against a patch critic too, its pull W x the "
+                                  "reconstruction's (by their gradients at the last layer; 0: off)")
+    autoencoder.add_argument("--adversarial-start", type=int, default=0, metavar="STEP",
+                             help="video: before this step only the critic learns")
+    autoencoder.add_argument("--critic-crop", type=int, default=24,
+                             help="video: the critic judges a window this wide around the object in each frame")
+    autoencoder.add_argument("--critic-lr", type=float, default=2e-4, help="video: the critic's learning rate")
     autoencoder.add_argument("--latent-noise", type=float, default=0.0,
                              help="video: decode latents plus noise of up to this many channel spreads (with "
                                   "--finetune-decoder: a decoder that draws sharp shapes from a diffusion model's "

@@ -262,15 +262,89 @@ def edge_error(reconstruction: torch.Tensor, video: torch.Tensor) -> torch.Tenso
 
 
 def reconstruction_loss(reconstruction: torch.Tensor, video: torch.Tensor, boost: float = 2.0,
-                        edge: float = 0.0) -> dict[str, torch.Tensor]:
-    """Object-weighted MSE, plus ``edge`` x :func:`edge_error` (chapter 3): ``{"loss", "mse", "l1", "edge"}``."""
+                        edge: float = 0.0, pixel: str = "mse") -> dict[str, torch.Tensor]:
+    """Object-weighted pixel error, plus ``edge`` x :func:`edge_error` (chapter 3): ``{"loss", "mse", "l1", "edge"}``.
+
+    ``pixel="mse"``: the squared error, whose best guess for a pixel the decoder is unsure of is the
+    *mean* of what it could be (a half-covered corner drawn half-grey). ``pixel="l1"``: the absolute
+    error, whose best guess is the *median* (the corner drawn in the colour it more likely has).
+    """
+    if pixel not in ("mse", "l1"):
+        raise ValueError(f"unknown pixel loss {pixel!r}; choose 'mse' or 'l1'")
     weights = object_weights(video, boost)
     error = reconstruction - video
-    loss = (weights * error.square()).sum() / (weights.sum() * video.shape[1])
+    per_pixel = error.square() if pixel == "mse" else error.abs()
+    loss = (weights * per_pixel).sum() / (weights.sum() * video.shape[1])
     edges = edge_error(reconstruction, video)
     if edge:
         loss = loss + edge * edges
     return {"loss": loss, "mse": error.square().mean().detach(), "l1": error.abs().mean().detach(), "edge": edges.detach()}
+
+
+class FrameCritic(nn.Module):
+    """A patch discriminator on single frames (chapter 3): is this ~20-pixel patch real or decoded?
+
+    Four convolutions, two of them strided: a frame [N, 3, 64, 64] in [0, 1] gives a map of logits
+    [N, 1, 16, 16], one per overlapping patch, as in pix2pix / VQGAN (a 24 x 24 crop around the object,
+    :func:`object_crops`, gives [N, 1, 6, 6]). A patch that holds a corner
+    is where a rounded corner gives a decoded frame away, so the decoder learns to draw it sharp:
+    a squared error is content with the average of the shapes a pixel might belong to, the critic
+    is not, since no real frame shows an average.
+    """
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.GroupNorm(8, 2 * width), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.GroupNorm(8, 4 * width), nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * width, 1, 3, padding=1),
+        )
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """Video [B, 3, T, H, W] (or frames [N, 3, H, W]) in [0, 1] -> patch logits [B T, 1, H/4, W/4]."""
+        if video.ndim == 5:
+            video = video.transpose(1, 2).flatten(0, 1)
+        if video.ndim != 4 or video.shape[1] != 3:
+            raise ValueError(f"FrameCritic takes video [B, 3, T, H, W] or frames [N, 3, H, W], got {list(video.shape)}")
+        return self.net(video * 2.0 - 1.0)
+
+
+def object_crops(videos: list[torch.Tensor], reference: torch.Tensor, size: int = 24) -> list[torch.Tensor]:
+    """Cut the same ``size`` x ``size`` window around the object out of each frame of every video.
+
+    ``reference`` [B, 3, T, H, W] (the originals) places the windows: centred on the pixels that differ
+    from their frame's median colour, kept inside the frame; a frame without an object gives its centre.
+    Returns, for each of ``videos`` (same shape as ``reference``), frames [B T, 3, size, size]. Most of a
+    frame is plain background, the same in a real frame and a decoded one; the critic is shown the object.
+    """
+    b, c, t, h, w = reference.shape
+    if any(v.shape != reference.shape for v in videos) or size > min(h, w):
+        raise ValueError(f"object_crops: videos must match the reference {list(reference.shape)} and size <= {min(h, w)}")
+    with torch.no_grad():
+        frames = reference.transpose(1, 2).reshape(b * t, c, h, w)
+        median = frames.flatten(2).median(dim=-1).values[..., None, None]
+        mask = ((frames - median).abs().amax(dim=1) > 0.05).float()  # [B T, H, W]
+        mass = mask.sum(dim=(1, 2)).clamp_min(1e-6)
+        ys = (mask.sum(dim=2) * torch.arange(h, device=mask.device)).sum(dim=1) / mass
+        xs = (mask.sum(dim=1) * torch.arange(w, device=mask.device)).sum(dim=1) / mass
+        empty = mask.sum(dim=(1, 2)) == 0
+        ys, xs = torch.where(empty, (h - 1) / 2, ys), torch.where(empty, (w - 1) / 2, xs)
+        top = (ys - size / 2 + 0.5).round().long().clamp(0, h - size)
+        left = (xs - size / 2 + 0.5).round().long().clamp(0, w - size)
+    rows = top[:, None] + torch.arange(size, device=top.device)   # [B T, size]
+    cols = left[:, None] + torch.arange(size, device=left.device)
+    crops = []
+    for video in videos:
+        f = video.transpose(1, 2).reshape(b * t, c, h, w)
+        f = f.gather(2, rows[:, None, :, None].expand(-1, c, -1, w))
+        crops.append(f.gather(3, cols[:, None, None, :].expand(-1, c, size, -1)))
+    return crops
+
+
+def hinge_critic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """The critic's hinge loss: real patches pushed above +1, decoded ones below -1."""
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
 
 
 def psnr(reconstruction: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
@@ -281,4 +355,4 @@ def psnr(reconstruction: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
 
 __all__ = ["VideoAEConfig", "TINY_VIDEO_CONFIG", "VideoAutoencoder", "Refine", "CausalConv3d", "causal_time_pad", "tubelets",
            "untubelets", "causal_time_pool", "causal_time_repeat", "cell_means",
-           "object_weights", "edge_error", "reconstruction_loss", "psnr"]
+           "object_weights", "edge_error", "reconstruction_loss", "FrameCritic", "object_crops", "hinge_critic_loss", "psnr"]

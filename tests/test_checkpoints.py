@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+import numpy as np
 import torch
 
 from avdit_mini import checkpoints
@@ -164,6 +165,73 @@ def test_latent_noise_perturbs_only_what_the_decoder_sees(tmp_path):
     assert all(torch.equal(base[k], robust[k]) for k in base if k.startswith("encoder."))
     assert any(not torch.equal(base[k], robust[k]) for k in base if k.startswith("decoder."))
     assert "--latent-noise 0.5" in meta["command"]
+
+
+def test_adversarial_finetune_trains_a_critic_and_resumes_exactly(tmp_path):
+    """--adversarial: a patch critic learns beside the decoder, its state is saved with each checkpoint,
+    an interrupted run resumes to the same losses and weights, and the encoder is never touched."""
+    from avdit_mini.video_ae import FrameCritic, hinge_critic_loss, object_crops
+
+    critic = FrameCritic()
+    assert critic(torch.rand(2, 3, 5, 64, 64)).shape == (10, 1, 16, 16)     # a logit per ~26-px patch, per frame
+    with pytest.raises(ValueError, match="FrameCritic takes"):
+        critic(torch.rand(3, 64, 64))
+    video = torch.full((1, 3, 2, 64, 64), 0.2)
+    video[0, :, 0, 50:58, 3:11] = 0.9                                           # an object near the corner...
+    video[0, :, 1, 20:26, 30:36] = 0.9                                          # ...then in the middle
+    real, shifted = object_crops([video, video + 1], video, 24)
+    assert real.shape == (2, 3, 24, 24) and torch.equal(shifted, real + 1)   # the same window cut from every video
+    assert (real[0] > 0.5).sum() == 3 * 8 * 8                                  # the whole object, the window kept inside the frame
+    assert torch.equal(real[1, :, 9:15, 9:15], video[0, :, 1, 20:26, 30:36])  # centred on it
+    with pytest.raises(ValueError, match="object_crops"):
+        object_crops([video[:, :, :1]], video)
+    logits = torch.tensor([2.0, -2.0])
+    assert hinge_critic_loss(logits[:1], logits[1:]) == 0                    # both sides past the margin: no loss
+    common = ["autoencoder", "--modality", "video", "--tiny", "--batch-size", "2", "--warmup", "1",
+              "--eval-clips", "0", "--no-manifest", "--threads", "1"]
+    main(common + ["--steps", "2", "--out", str(tmp_path / "base")])
+    adversarial = common + ["--steps", "4", "--finetune-decoder", str(tmp_path / "base"), "--adversarial", "0.5",
+                            "--adversarial-start", "1", "--loss-frames", "3", "--edge-weight", "0.1", "--pixel-loss", "l1"]
+    main(adversarial + ["--out", str(tmp_path / "full")])
+    main(adversarial + ["--out", str(tmp_path / "split"), "--stop-after", "2"])
+    assert (tmp_path / "split.critic.pt").exists()
+    main(adversarial + ["--out", str(tmp_path / "split"), "--resume"])
+    full = json.loads((tmp_path / "full.json").read_text())
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert split["loss_log"] == pytest.approx(full["loss_log"], rel=1e-5) and len(full["loss_log"]) == 4
+    base, _ = checkpoints.load_checkpoint(tmp_path / "base")
+    a, _ = checkpoints.load_checkpoint(tmp_path / "full")
+    b, _ = checkpoints.load_checkpoint(tmp_path / "split")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert all(torch.equal(base[k], a[k]) for k in base if k.startswith("encoder."))
+    assert any(not torch.equal(base[k], a[k]) for k in base if k.startswith("decoder."))
+    critics = [torch.load(tmp_path / f"{n}.critic.pt", weights_only=True)["critic"] for n in ("full", "split")]
+    assert all(torch.allclose(critics[0][k], critics[1][k], atol=1e-6) for k in critics[0])
+    (tmp_path / "split.critic.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="critic"):
+        main(adversarial + ["--out", str(tmp_path / "split"), "--resume"])
+    with pytest.raises(ValueError, match="video decoder"):
+        main(["autoencoder", "--modality", "audio", "--tiny", "--steps", "1", "--adversarial", "1", "--no-manifest",
+              "--eval-clips", "0", "--out", str(tmp_path / "audio")])
+
+
+def test_l1_pixel_loss_draws_the_median():
+    """Where a pixel is the object's in 3 of 4 cases, the squared error's best guess is 0.75, the absolute error's 1."""
+    from avdit_mini.video_ae import reconstruction_loss
+
+    targets = torch.zeros(4, 3, 1, 8, 8)
+    targets[:3, :, :, 4, 4] = 1.0                                               # one pixel, object in 3 clips of 4
+    guesses = torch.linspace(0, 1, 101)
+    def best(pixel):
+        losses = []
+        for g in guesses:
+            drawn = targets.clone()
+            drawn[:, :, :, 4, 4] = g
+            losses.append(float(reconstruction_loss(drawn, targets, boost=0.0, pixel=pixel)["loss"]))
+        return float(guesses[int(np.argmin(losses))])
+    assert best("mse") == pytest.approx(0.75, abs=0.011) and best("l1") == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown pixel loss"):
+        reconstruction_loss(targets, targets, pixel="huber")
 
 
 def test_latent_cache_is_named_by_the_encoders_only(tmp_path):
