@@ -439,7 +439,7 @@ def train_loop(model: nn.Module, args: argparse.Namespace, optimizer, scheduler,
         bar.set_postfix(loss=f"{np.mean(loss_log[-20:]):.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}", refresh=False)
         out_of_time = time.monotonic() >= deadline
         if timer.due() or out_of_time or (args.stop_after and step >= args.stop_after):
-            save_all(stem, model, config, optimizer, scheduler, step, loss_log)
+            save_all(stem, model, config, optimizer, scheduler, step, loss_log, {"command": command_line(args.argv)})
             if on_save:
                 on_save(stem)
             log(f"step {step}: loss {np.mean(loss_log[-50:]):.5f} {quick() if quick else ''} "

@@ -1,0 +1,110 @@
+"""Compare video decoders that share the shipped encoder (chapter 3, "A critic for the corners").
+
+    python benchmarks/bench_decoders.py --clips 200 --decoders runs/l1/video_ae runs/adv0.2/video_ae \
+        --out benchmarks/results/decoder_losses.json
+
+Every decoder named (a checkpoint stem made by ``python -m avdit_mini.train autoencoder
+--finetune-decoder data/checkpoints/video_ae ...``, so its encoder must be the shipped one, bit for bit)
+decodes the same latents of ``--clips`` held-out ``val`` clips. For each: PSNR, chapter 1's video probes,
+the shape probe's confusion table and the median fill ratio by true shape (originals: 1 for a square,
+pi/4 for a circle, about 0.57 for a triangle), next to the shipped decoder's. (For a diffusion model's generated latents,
+``bench_shape.py --load-latents FILE --video-ae STEM``.) The command that trained each decoder, and its steps, come from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avdit_mini import checkpoints, probes
+from avdit_mini.data import SHAPES
+from avdit_mini.pipeline import load_autoencoder
+from avdit_mini.train import build_autoencoder, val_batches
+from avdit_mini.video_ae import psnr
+
+
+def load_decoder(stem: str) -> tuple[torch.nn.Module, dict]:
+    """A video AE checkpoint whose encoder is the shipped one; refuses any other."""
+    meta = json.loads(checkpoints.checkpoint_paths(stem)["meta"].read_text())
+    head = {k: meta["config"]["model"].get(k) for k in ("refine_width", "refine_depth", "refine_hints")}
+    model, config = build_autoencoder("video", **head)
+    weights, _ = checkpoints.load_checkpoint(stem, config)
+    model.load_state_dict(weights)
+    return model.eval(), meta
+
+
+def score(model: torch.nn.Module, latents: torch.Tensor, videos: torch.Tensor, factors: list[dict]) -> dict:
+    """PSNR, the video probes, the shape confusion (rows: true shape) and fill ratios of ``model``'s decodings."""
+    with torch.no_grad():
+        decoded = torch.cat([model.decode(z) for z in latents.split(25)])
+    confusion = np.zeros((len(SHAPES), len(SHAPES)), dtype=int)
+    fills: dict[str, list[float]] = {s: [] for s in SHAPES}
+    hits: dict[str, list[bool]] = {k: [] for k in ("shape", "size", "colour", "background")}
+    for video, f in zip(decoded, factors):
+        seen = probes.measure_video(video)
+        for key in hits:
+            hits[key].append(seen[key] == f[key])
+        if seen["shape"] is not None:
+            confusion[SHAPES.index(f["shape"]), SHAPES.index(seen["shape"])] += 1
+        fills[f["shape"]].append(seen["fill_ratio"])
+    return {
+        "psnr_db": float(psnr(decoded, videos).mean()),
+        **{f"video_{k}": float(np.mean(v)) for k, v in hits.items()},
+        "shape_confusion": confusion.tolist(),
+        "fill_ratio_by_true_shape": {s: float(np.nanmedian(v)) for s, v in fills.items() if v},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--decoders", nargs="+", required=True, help="checkpoint stems of the decoders to compare")
+    parser.add_argument("--clips", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", default="benchmarks/results/decoder_losses.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    began = time.perf_counter()
+    shipped = load_autoencoder("video").eval()
+    latents, videos, factors = [], [], []
+    for batch in val_batches(args.clips, 25):
+        with torch.no_grad():
+            latents.append(shipped.encode(batch["video"]))
+        videos.append(batch["video"])
+        factors += batch["factors"]
+    latents, videos = torch.cat(latents), torch.cat(videos)
+    originals = [probes.measure_video(v) for v in videos]
+    result = {
+        "clips": args.clips,
+        "shape_classes": list(SHAPES),
+        "originals": {"video_shape": float(np.mean([m["shape"] == f["shape"] for m, f in zip(originals, factors)])),
+                      "fill_ratio_by_true_shape": {s: float(np.nanmedian([m["fill_ratio"] for m, f in zip(originals, factors)
+                                                                          if f["shape"] == s])) for s in SHAPES}},
+        "decoders": {},
+    }
+    named = {"shipped": ("data/checkpoints/video_ae", shipped, None)}
+    for stem in args.decoders:
+        model, meta = load_decoder(stem)
+        if any(not torch.equal(a, b) for a, b in zip(model.encoder.state_dict().values(), shipped.encoder.state_dict().values())):
+            raise ValueError(f"{stem}: its encoder is not the shipped one; only decoders fine-tuned with "
+                             "--finetune-decoder data/checkpoints/video_ae can be compared on the same latents")
+        named[Path(stem).parent.name or stem] = (stem, model, meta)
+    for name, (stem, model, meta) in named.items():
+        entry = {"stem": stem, "sha256": checkpoints.sha256(checkpoints.checkpoint_paths(stem)["weights"])[:12]}
+        if meta is not None:
+            entry.update({"command": meta.get("command"), "trained_steps": meta.get("step")})
+        entry.update(score(model, latents, videos, factors))
+        result["decoders"][name] = entry
+        print(name, {k: v for k, v in entry.items() if k not in ("command", "shape_confusion")}, flush=True)
+    result["seconds"] = time.perf_counter() - began
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
