@@ -97,6 +97,8 @@ def main() -> None:
         entry = {"stem": stem, "sha256": checkpoints.sha256(checkpoints.checkpoint_paths(stem)["weights"])[:12]}
         if meta is not None:
             entry.update({"command": meta.get("command"), "trained_steps": meta.get("step")})
+            if meta.get("note"):
+                entry["note"] = meta["note"]
         entry.update(score(model, latents, videos, factors))
         result["decoders"][name] = entry
         print(name, {k: v for k, v in entry.items() if k not in ("command", "shape_confusion")}, flush=True)
