@@ -220,8 +220,9 @@ class Adversary:
     """The video decoder's critic (``--adversarial W``, chapter 3): a :class:`FrameCritic`, its optimiser, its loss.
 
     Each step, ``loss(batch, step)`` first trains the critic one step on real frames against the
-    decoder's (detached), both cut to a window around the object (:func:`object_crops`), then returns the decoder's loss: the reconstruction loss plus
-    ``weight x lambda x`` the adversarial term ``-critic(decoded)``. ``lambda`` balances the two
+    decoder's (detached), both cut to a window around the object (:func:`object_crops`), then
+    returns the decoder's loss: the reconstruction loss plus ``weight x lambda x`` the adversarial
+    term ``-critic(decoded)``. ``lambda`` balances the two
     by their gradients at the decoder's last layer (Esser et al., 2021, VQGAN): the critic may pull
     as hard as the reconstruction does, no harder. For the first ``start`` steps only the critic
     learns. Its state is saved beside the checkpoint (``<stem>.critic.pt``), so a resume is exact.
@@ -361,6 +362,8 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
     if args.adversarial:  # built before the resume restores the random state (the critic's init draws from it)
         if args.modality != "video":
             raise ValueError("--adversarial is for the video decoder (--modality video)")
+        if args.latent_noise:
+            raise ValueError("--adversarial does not combine with --latent-noise: train them one at a time")
         adversary = Adversary(model, args, device)
     optimizer, scheduler, step, loss_log = optimiser_and_resume(model, args, config, steps)
     stem = Path(args.out)

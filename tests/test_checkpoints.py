@@ -210,6 +210,8 @@ def test_adversarial_finetune_trains_a_critic_and_resumes_exactly(tmp_path):
     (tmp_path / "split.critic.pt").unlink()
     with pytest.raises(FileNotFoundError, match="critic"):
         main(adversarial + ["--out", str(tmp_path / "split"), "--resume"])
+    with pytest.raises(ValueError, match="latent-noise"):
+        main(adversarial + ["--out", str(tmp_path / "noisy"), "--latent-noise", "0.5"])
     with pytest.raises(ValueError, match="video decoder"):
         main(["autoencoder", "--modality", "audio", "--tiny", "--steps", "1", "--adversarial", "1", "--no-manifest",
               "--eval-clips", "0", "--out", str(tmp_path / "audio")])
