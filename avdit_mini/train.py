@@ -188,6 +188,11 @@ def freeze_encoder_from(model: nn.Module, stem: Path) -> None:
     log(f"decoder fine-tune from {stem}: encoder frozen, new layers {sorted(fresh)}")
 
 
+def random_frames(video: torch.Tensor, k: int) -> torch.Tensor:
+    """``k`` distinct frame indices of ``video`` [B, C, T, H, W], in order, drawn from the global random state."""
+    return torch.randperm(video.shape[2])[:k].sort().values.to(video.device)
+
+
 def autoencoder_loss(model: nn.Module, modality: str, batch: dict, edge: float = 0.0,
                      frames: int = 0, latent_noise: float = 0.0, pixel: str = "mse") -> dict[str, torch.Tensor]:
     """Video: object-weighted ``pixel`` error (MSE or L1, + ``edge`` x the image-gradient L1). Audio: L1 + MSE on normalised log-mel.
@@ -208,7 +213,7 @@ def autoencoder_loss(model: nn.Module, modality: str, batch: dict, edge: float =
             latent = latent + sigma * spread * torch.randn_like(latent)
         if not frames:
             return reconstruction_loss(model.decode_raw(latent), video, edge=edge, pixel=pixel)
-        chosen = torch.randperm(video.shape[2])[:frames].sort().values.to(video.device)
+        chosen = random_frames(video, frames)
         return reconstruction_loss(model.decode_raw(latent, chosen), video[:, :, chosen], edge=edge, pixel=pixel)
     target = model.log_mel(batch["audio"])  # [B, 64, 136]
     error = model.decode(model.encode_mel(target)) - target
@@ -254,8 +259,7 @@ class Adversary:
 
     def loss(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         video, args = batch["video"], self.args
-        frames = args.loss_frames or video.shape[2]
-        chosen = torch.randperm(video.shape[2])[:frames].sort().values.to(video.device)
+        chosen = random_frames(video, args.loss_frames or video.shape[2])
         latent = self.model.encode(video)
         decoded, real = self.model.decode_raw(latent, chosen), video[:, :, chosen]
         real_crops, decoded_crops = object_crops([real, decoded.clamp(0, 1)], real, args.critic_crop)

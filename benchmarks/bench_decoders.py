@@ -24,18 +24,14 @@ import torch
 from avdit_mini import checkpoints, probes
 from avdit_mini.data import SHAPES
 from avdit_mini.pipeline import load_autoencoder
-from avdit_mini.train import build_autoencoder, val_batches
+from avdit_mini.train import val_batches
 from avdit_mini.video_ae import psnr
 
 
 def load_decoder(stem: str) -> tuple[torch.nn.Module, dict]:
-    """A video AE checkpoint whose encoder is the shipped one; refuses any other."""
-    meta = json.loads(checkpoints.checkpoint_paths(stem)["meta"].read_text())
-    head = {k: meta["config"]["model"].get(k) for k in ("refine_width", "refine_depth", "refine_hints")}
-    model, config = build_autoencoder("video", **head)
-    weights, _ = checkpoints.load_checkpoint(stem, config)
-    model.load_state_dict(weights)
-    return model.eval(), meta
+    """The video AE of checkpoint ``stem`` (``pipeline.load_autoencoder``) and its stored meta (command, step, note)."""
+    model = load_autoencoder("video", Path(stem).parent, name=Path(stem).name)
+    return model, json.loads(checkpoints.checkpoint_paths(stem)["meta"].read_text())
 
 
 def score(model: torch.nn.Module, latents: torch.Tensor, videos: torch.Tensor, factors: list[dict]) -> dict:

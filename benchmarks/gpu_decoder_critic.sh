@@ -24,12 +24,7 @@ WEIGHT=${WEIGHT:-1.0}
 CLIPS=${CLIPS:-500}
 WORKERS=${WORKERS:-6}
 GENERATED=${GENERATED:-}
-mkdir -p "$OUT" "$WORK"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-PY=${PY:-python3}
-started=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - started )) s] $*"; }
-nvidia-smi -L 2>/dev/null
+source benchmarks/gpu_common.sh
 
 common=(autoencoder --modality video --profile gpu --finetune-decoder data/checkpoints/video_ae --refine-width 24
         --refine-depth 4 --refine-hints 4 --edge-weight 0.1 --lr 2e-4 --warmup 100 --steps "$AE_STEPS"

@@ -27,11 +27,7 @@ READER_STEPS=${READER_STEPS:-1500}
 PRESETS=${PRESETS:-base small}
 EVAL=${EVAL:-1}
 SPLIT_BASE=${SPLIT_BASE:-0}
-mkdir -p "$OUT" "$WORK"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PWD/benchmarks
-PY=${PY:-python3}
-started=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - started )) s] $*"; }
+source benchmarks/gpu_common.sh
 collect() {  # whatever has been made so far, into $OUT (also when the call is cut short)
   for f in avdit_base_scratch.json avdit_small_scratch.json avdit_small_scratch.safetensors; do
     [ -f "data/checkpoints/$f" ] && cp "data/checkpoints/$f" "$OUT/$f"
@@ -42,9 +38,6 @@ collect() {  # whatever has been made so far, into $OUT (also when the call is c
   for f in "$WORK"/*.log; do echo "=== $(basename "$f")"; tr '\r' '\n' <"$f" | grep -av "it/s\]$\|s/it\]$" | tail -n 60; done >"$OUT/logs.txt" 2>&1
 }
 trap collect EXIT
-
-nvidia-smi -L 2>/dev/null
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 stamp "encoding $CLIPS training clips"
 timeout 300 $PY - >"$WORK/encode.log" 2>&1 <<PYEOF
 import time, torch

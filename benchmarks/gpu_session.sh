@@ -19,14 +19,7 @@ TRAIN_S=${TRAIN_S:-330}
 AE_MIN=${AE_MIN:-6.5}
 AE_STEPS=${AE_STEPS:-7000}
 WORKERS=${WORKERS:-12}
-mkdir -p "$OUT" "$WORK"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-PY=${PY:-python3}
-started=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - started )) s] $*"; }
-
-nvidia-smi -L 2>/dev/null
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+source benchmarks/gpu_common.sh
 
 stamp "encoding $CLIPS training clips in the background"
 $PY - >"$WORK/encode.log" 2>&1 <<EOF &
