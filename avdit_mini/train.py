@@ -141,7 +141,7 @@ def build_autoencoder(modality: str, tiny: bool = False, **video_head) -> tuple[
     """The model and the config dict its checkpoint stores (what ``load_checkpoint`` compares).
 
     ``video_head``: ``refine_width`` / ``refine_depth`` / ``refine_hints`` of the video AE's
-    sharpening head, where given (not None).
+    sharpening head and its ``decoder_blocks``, where given (not None).
     """
     if modality == "video":
         model_config = TINY_VIDEO_CONFIG if tiny else VideoAEConfig()
@@ -357,7 +357,8 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     model, config = build_autoencoder(args.modality, args.tiny, refine_width=args.refine_width,
-                                      refine_depth=args.refine_depth, refine_hints=args.refine_hints)
+                                      refine_depth=args.refine_depth, refine_hints=args.refine_hints,
+                                      decoder_blocks=args.decoder_blocks)
     if args.finetune_decoder:
         freeze_encoder_from(model, Path(args.finetune_decoder))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -847,6 +848,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("width", "features"), ("depth", "3 x 3 convolutions"), ("hints", "hint channels the decoder draws for it")):
         autoencoder.add_argument(f"--refine-{name}", type=int, default=None,
                                  help=f"video: the sharpening head's {what} (default: VideoAEConfig's)")
+    autoencoder.add_argument("--decoder-blocks", type=int, default=None,
+                             help="video: residual blocks on the latent grid before the decoder draws (a block "
+                                  "added to a --finetune-decoder checkpoint starts as the identity)")
     autoencoder.add_argument("--loss-frames", type=int, default=0,
                              help="video: train on this many random frames of each clip's 17 (0: all); the "
                                   "sharpening head is then run on those only, which makes a wide head affordable")

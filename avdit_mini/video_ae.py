@@ -46,6 +46,7 @@ class VideoAEConfig:
     refine_width: int = 16  # features of the full-resolution sharpening head (0: none)
     refine_depth: int = 3  # its 3 x 3 convolutions, dilated 1, 2, 4, ... then 1: a 9 x 9 view at depth 3, 17 x 17 at 4
     refine_hints: int = 0  # extra channels the decoder draws for the head only (what the colours alone do not say)
+    decoder_blocks: int = 0  # residual 3 x 3 blocks on the 8 x 8 latent grid before the decoder draws (room to decide the shape)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -160,6 +161,27 @@ class Refine(nn.Module):
         return self.net(frames).reshape(b, t, 3, h, w).transpose(1, 2)
 
 
+class LatentBlock(nn.Module):
+    """A residual block of the decoder's trunk on the 8 x 8 latent grid: x + conv(SiLU(conv(SiLU(x)))).
+
+    The decoder's first layer sees 3 x 3 latent cells and the next one draws; an object that
+    straddles cells leaves its shape spread over several of them, and a decoder unsure of it draws
+    the average shape -- a blob. Blocks here give it room to gather the evidence and decide before
+    it draws. The first convolution sees this latent frame and the one before (causal), the second
+    starts at zero, so a block added to a trained decoder starts as the identity.
+    """
+
+    def __init__(self, width: int, time_kernel: int = 2):
+        super().__init__()
+        self.conv1 = CausalConv3d(width, width // 2, time_kernel, 3)
+        self.conv2 = CausalConv3d(width // 2, width, 1, 3)
+        nn.init.zeros_(self.conv2.conv.weight)
+        nn.init.zeros_(self.conv2.conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.silu(self.conv1(F.silu(x))))
+
+
 # ----------------------------------------------------------------------------------------------
 # The autoencoder
 # ----------------------------------------------------------------------------------------------
@@ -198,6 +220,7 @@ class VideoAutoencoder(nn.Module):
             CausalConv3d(w1, drawn, 1, 1),  # then unfold each vector into its 4 x 4 x 4 tubelet
         )
         self.refine = Refine(c.refine_width, c.refine_depth, c.refine_hints) if c.refine_width else None
+        self.trunk = nn.Sequential(*[LatentBlock(w2, c.decoder_time_kernel) for _ in range(c.decoder_blocks)])
 
     def _check_video(self, video: torch.Tensor) -> None:
         g = self.geometry
@@ -222,7 +245,8 @@ class VideoAutoencoder(nn.Module):
         expected = (c.latent_channels, g.video_latent_frames, *g.video_latent_hw)
         if latent.ndim != 5 or tuple(latent.shape[1:]) != expected:
             raise ValueError(f"expected a video latent [B, {', '.join(map(str, expected))}], got {list(latent.shape)}")
-        drawn = untubelets(self.decoder(latent), self.time, c.patch)  # [B, 3 + hints, 17, 64, 64]
+        features = self.trunk(self.decoder[0](latent))  # [B, w2, 5, 8, 8]; the trunk is empty unless decoder_blocks
+        drawn = untubelets(self.decoder[1:](features), self.time, c.patch)  # [B, 3 + hints, 17, 64, 64]
         if frames is not None:
             drawn = drawn[:, :, frames]
         video = drawn[:, :3]  # the colours, in about [-1, 1]

@@ -11,7 +11,9 @@
 # PRESETS="base" EVAL=0 SPLIT_BASE=1: train base alone, skip the measurements, and bring its weights
 # back in five 13 MB parts (a lent machine returns files of at most 16 MiB):
 #   cat avdit_base_scratch.safetensors.part* > data/checkpoints/avdit_base_scratch.safetensors
-# Dry run on a CPU: CLIPS=64 STEPS=3 BATCH=8 EVAL_CLIPS=2 SHAPE_TRAIN=64 READER_STEPS=5 bash benchmarks/gpu_scale.sh
+# TAG names the models: data/checkpoints/avdit_<preset>_$TAG (default scratch); a dry run names its own so that it
+# overwrites no real run's weights. Dry run on a CPU:
+#   TAG=dryrun CLIPS=64 STEPS=3 BATCH=8 EVAL_CLIPS=2 SHAPE_TRAIN=64 READER_STEPS=5 bash benchmarks/gpu_scale.sh
 set -u
 OUT=${OUT:-runs/gpu_scale}
 WORK=${WORK:-/tmp/gpu_scale}
@@ -27,13 +29,14 @@ READER_STEPS=${READER_STEPS:-1500}
 PRESETS=${PRESETS:-base small}
 EVAL=${EVAL:-1}
 SPLIT_BASE=${SPLIT_BASE:-0}
+TAG=${TAG:-scratch}
 source benchmarks/gpu_common.sh
 collect() {  # whatever has been made so far, into $OUT (also when the call is cut short)
-  for f in avdit_base_scratch.json avdit_small_scratch.json avdit_small_scratch.safetensors; do
+  for f in avdit_base_$TAG.json avdit_small_$TAG.json avdit_small_$TAG.safetensors; do
     [ -f "data/checkpoints/$f" ] && cp "data/checkpoints/$f" "$OUT/$f"
   done
-  if [ "$SPLIT_BASE" = 1 ] && [ -f data/checkpoints/avdit_base_scratch.safetensors ] && [ ! -f "$OUT/avdit_base_scratch.safetensors.part0" ]; then
-    split -n 5 -d -a 1 data/checkpoints/avdit_base_scratch.safetensors "$OUT/avdit_base_scratch.safetensors.part"
+  if [ "$SPLIT_BASE" = 1 ] && [ -f data/checkpoints/avdit_base_$TAG.safetensors ] && [ ! -f "$OUT/avdit_base_$TAG.safetensors.part0" ]; then
+    split -n 5 -d -a 1 data/checkpoints/avdit_base_$TAG.safetensors "$OUT/avdit_base_$TAG.safetensors.part"
   fi
   for f in "$WORK"/*.log; do echo "=== $(basename "$f")"; tr '\r' '\n' <"$f" | grep -av "it/s\]$\|s/it\]$" | tail -n 60; done >"$OUT/logs.txt" 2>&1
 }
@@ -53,12 +56,12 @@ tail -n 1 "$WORK/encode.log"
 train() {  # preset
   timeout "$(awk "BEGIN { print int($TRAIN_MIN * 60 + 90) }")" $PY -m avdit_mini.train avdit --strategy monl --profile gpu --preset "$1" --prediction v \
     --clips "$CLIPS" --steps "$STEPS" --batch-size "$BATCH" --lr "$LR" --warmup 300 --seed 0 \
-    --out "data/checkpoints/avdit_$1_scratch" --max-minutes "$TRAIN_MIN" --save-every-seconds 60 --threads 2 --no-manifest \
+    --out "data/checkpoints/avdit_$1_$TAG" --max-minutes "$TRAIN_MIN" --save-every-seconds 60 --threads 2 --no-manifest \
     >"$WORK/train_$1.log" 2>&1
 }
 evaluate() {  # preset
-  timeout 240 $PY benchmarks/bench_tasks.py --name "$1_scratch" --clips "$EVAL_CLIPS" --batch-size "$EVAL_CLIPS" --threads 4 \
-    --out "$OUT/tasks_$1_scratch.json" >"$WORK/tasks_$1.log" 2>&1
+  timeout 240 $PY benchmarks/bench_tasks.py --name "$1_$TAG" --clips "$EVAL_CLIPS" --batch-size "$EVAL_CLIPS" --threads 4 \
+    --out "$OUT/tasks_$1_$TAG.json" >"$WORK/tasks_$1.log" 2>&1
 }
 stamp "training $PRESETS side by side: $STEPS steps of $BATCH at lr $LR, at most $TRAIN_MIN min each"
 pids=()
@@ -67,7 +70,7 @@ for pid in "${pids[@]}"; do wait "$pid"; stamp "a training run finished: exit $?
 collect
 if [ "$EVAL" = 1 ]; then
   for preset in $PRESETS; do evaluate "$preset" & done
-  models=$(for preset in $PRESETS; do printf '%s_scratch ' "$preset"; done)
+  models=$(for preset in $PRESETS; do printf '%s_%s ' "$preset" "$TAG"; done)
   timeout 240 $PY benchmarks/bench_shape.py --models $models --clips 100 --train-clips "$SHAPE_TRAIN" \
     --reader-steps "$READER_STEPS" --no-extra --threads 4 --out "$OUT/shape_scale.json" >"$WORK/shape.log" 2>&1
   stamp "shape reader finished: exit $?"

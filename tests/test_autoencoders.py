@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -150,3 +152,23 @@ def test_decoding_chosen_frames_equals_decoding_all_then_choosing():
         assert torch.allclose(model.decode_raw(latent, frames), model.decode_raw(latent)[:, :, frames], atol=1e-6)
     with pytest.raises(ValueError, match="need a sharpening head"):
         VideoAutoencoder(VideoAEConfig(refine_width=0, refine_hints=2))
+
+
+def test_decoder_trunk_starts_as_the_identity_and_stays_causal():
+    """Blocks added on the latent grid (``decoder_blocks``) leave a trained decoder unchanged until they learn,
+    and never let a latent frame change what was decoded before it."""
+    torch.manual_seed(0)
+    deep = VideoAutoencoder(replace(TINY_VIDEO_CONFIG, decoder_blocks=2)).eval()
+    plain = VideoAutoencoder(TINY_VIDEO_CONFIG).eval()
+    plain.load_state_dict({k: v for k, v in deep.state_dict().items() if not k.startswith("trunk.")})
+    latent = torch.randn(1, 8, 5, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(deep.decode(latent), plain.decode(latent))
+        for block in deep.trunk:
+            torch.nn.init.normal_(block.conv2.conv.weight, std=0.05)  # blocks that do something
+        assert not torch.equal(deep.decode(latent), plain.decode(latent))
+        changed = latent.clone()
+        changed[:, :, 2] += 1.0
+        delta = (deep.decode(latent) - deep.decode(changed)).abs().amax(dim=(0, 1, 3, 4))  # [17]
+    assert torch.all(delta[:5] == 0) and delta[5:9].max() > 0
+    assert delta[13:].max() > 0  # each block looks one latent frame further back: a longer memory, still causal
