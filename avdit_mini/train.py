@@ -24,6 +24,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from safetensors.torch import load_file
@@ -263,6 +264,9 @@ class Adversary:
         latent = self.model.encode(video)
         decoded, real = self.model.decode_raw(latent, chosen), video[:, :, chosen]
         real_crops, decoded_crops = object_crops([real, decoded.clamp(0, 1)], real, args.critic_crop)
+        if args.critic_zoom > 1:  # each pixel drawn as a zoom x zoom block: a 1-pixel corner spans the critic's stride
+            real_crops, decoded_crops = (F.interpolate(c, scale_factor=args.critic_zoom, mode="nearest")
+                                         for c in (real_crops, decoded_crops))
         # 1. the critic: one step on real frames against the decoder's, detached
         self.critic.requires_grad_(True)
         critic_loss = hinge_critic_loss(self.critic(real_crops), self.critic(decoded_crops.detach()))
@@ -369,6 +373,8 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
             raise ValueError("--adversarial is for the video decoder (--modality video)")
         if args.latent_noise:
             raise ValueError("--adversarial does not combine with --latent-noise: train them one at a time")
+        if args.critic_zoom < 1:
+            raise ValueError(f"--critic-zoom must be a whole number >= 1 (1: no zoom), got {args.critic_zoom}")
         adversary = Adversary(model, args, device)
     optimizer, scheduler, step, loss_log = optimiser_and_resume(model, args, config, steps)
     stem = Path(args.out)
@@ -867,6 +873,9 @@ def build_parser() -> argparse.ArgumentParser:
     autoencoder.add_argument("--critic-crop", type=int, default=24,
                              help="video: the critic judges a window this wide around the object in each frame")
     autoencoder.add_argument("--critic-lr", type=float, default=2e-4, help="video: the critic's learning rate")
+    autoencoder.add_argument("--critic-zoom", type=int, default=1,
+                             help="video: enlarge the critic's windows this many times (nearest pixel) before it "
+                                  "judges them, so that its strided first layers see one-pixel corners")
     autoencoder.add_argument("--latent-noise", type=float, default=0.0,
                              help="video: decode latents plus noise of up to this many channel spreads (with "
                                   "--finetune-decoder: a decoder that draws sharp shapes from a diffusion model's "

@@ -7,7 +7,7 @@ Every decoder named (a checkpoint stem made by ``python -m avdit_mini.train auto
 --finetune-decoder data/checkpoints/video_ae ...``, so its encoder must be the shipped one, bit for bit)
 decodes the same latents of ``--clips`` held-out ``val`` clips. For each: PSNR, chapter 1's video probes,
 the shape probe's confusion table and the median fill ratio by true shape (originals: 1 for a square,
-pi/4 for a circle, about 0.57 for a triangle), next to the shipped decoder's. (For a diffusion model's generated latents,
+pi/4 for a circle, about 0.57 for a triangle) and how many of each shape and size the probe names right, next to the shipped decoder's. (For a diffusion model's generated latents,
 ``bench_shape.py --load-latents FILE --video-ae STEM``.) The command that trained each decoder, and its steps, come from its checkpoint.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from avdit_mini import checkpoints, probes
-from avdit_mini.data import SHAPES
+from avdit_mini.data import SHAPES, SIZES
 from avdit_mini.pipeline import load_autoencoder
 from avdit_mini.train import val_batches
 from avdit_mini.video_ae import psnr
@@ -40,6 +40,7 @@ def score(model: torch.nn.Module, latents: torch.Tensor, videos: torch.Tensor, f
         decoded = torch.cat([model.decode(z) for z in latents.split(25)])
     confusion = np.zeros((len(SHAPES), len(SHAPES)), dtype=int)
     fills: dict[str, list[float]] = {s: [] for s in SHAPES}
+    by_size = np.zeros((len(SHAPES), len(SIZES), 2), dtype=int)  # [true shape, true size, (right, clips)]
     hits: dict[str, list[bool]] = {k: [] for k in ("shape", "size", "colour", "background")}
     for video, f in zip(decoded, factors):
         seen = probes.measure_video(video)
@@ -48,11 +49,13 @@ def score(model: torch.nn.Module, latents: torch.Tensor, videos: torch.Tensor, f
         if seen["shape"] is not None:
             confusion[SHAPES.index(f["shape"]), SHAPES.index(seen["shape"])] += 1
         fills[f["shape"]].append(seen["fill_ratio"])
+        by_size[SHAPES.index(f["shape"]), f["size"]] += (seen["shape"] == f["shape"], 1)
     return {
         "psnr_db": float(psnr(decoded, videos).mean()),
         **{f"video_{k}": float(np.mean(v)) for k, v in hits.items()},
         "shape_confusion": confusion.tolist(),
         "fill_ratio_by_true_shape": {s: float(np.nanmedian(v)) for s, v in fills.items() if v},
+        "shape_right_by_true_size": {s: [f"{right}/{n}" for right, n in by_size[i]] for i, s in enumerate(SHAPES)},
     }
 
 

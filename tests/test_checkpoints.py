@@ -217,6 +217,27 @@ def test_adversarial_finetune_trains_a_critic_and_resumes_exactly(tmp_path):
               "--eval-clips", "0", "--out", str(tmp_path / "audio")])
 
 
+def test_decoder_blocks_and_critic_zoom_in_a_finetune(tmp_path):
+    """--decoder-blocks adds a trunk to a trained decoder (the encoder untouched, the trunk trained); --critic-zoom
+    shows the critic enlarged windows, so the same seed trains a different critic."""
+    common = ["autoencoder", "--modality", "video", "--tiny", "--batch-size", "2", "--warmup", "1",
+              "--eval-clips", "0", "--no-manifest", "--threads", "1"]
+    main(common + ["--steps", "2", "--out", str(tmp_path / "base")])
+    tune = common + ["--steps", "2", "--finetune-decoder", str(tmp_path / "base"), "--decoder-blocks", "1",
+                     "--adversarial", "1", "--loss-frames", "2"]
+    main(tune + ["--out", str(tmp_path / "plain")])
+    main(tune + ["--out", str(tmp_path / "zoom"), "--critic-zoom", "2"])
+    base, _ = checkpoints.load_checkpoint(tmp_path / "base")
+    tuned, meta = checkpoints.load_checkpoint(tmp_path / "zoom")
+    assert meta["config"]["model"]["decoder_blocks"] == 1
+    assert all(torch.equal(base[k], tuned[k]) for k in base if k.startswith("encoder."))
+    assert tuned["trunk.0.conv2.conv.weight"].abs().sum() > 0      # started at zero, trained
+    critics = [torch.load(tmp_path / f"{n}.critic.pt", weights_only=True)["critic"] for n in ("plain", "zoom")]
+    assert not torch.allclose(critics[0]["net.0.weight"], critics[1]["net.0.weight"])
+    with pytest.raises(ValueError, match="critic-zoom"):
+        main(tune + ["--out", str(tmp_path / "bad"), "--critic-zoom", "0"])
+
+
 def test_l1_pixel_loss_draws_the_median():
     """Where a pixel is the object's in 3 of 4 cases, the squared error's best guess is 0.75, the absolute error's 1."""
     from avdit_mini.video_ae import reconstruction_loss
