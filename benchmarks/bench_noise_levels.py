@@ -65,16 +65,22 @@ def make_reader(modality: str, channels: int, classes: int) -> nn.Module:
     return nn.Sequential(conv(channels, 64), nn.SiLU(), conv(64, 64), nn.SiLU(), pool, nn.Flatten(), nn.Linear(64, classes))
 
 
-def train_reader(latents: torch.Tensor, labels: torch.Tensor, modality: str, classes: int, steps: int) -> nn.Module:
-    torch.manual_seed(0)
-    reader = make_reader(modality, latents.shape[1], classes)
+def train_reader(latents: torch.Tensor, labels: torch.Tensor, modality: str, classes: int, steps: int,
+                 reader: nn.Module | None = None, cosine: bool = False) -> nn.Module:
+    """Fit ``reader`` (default: chapter 3's, :func:`make_reader`) to the labels; ``cosine``: decay the learning rate."""
+    if reader is None:
+        torch.manual_seed(0)
+        reader = make_reader(modality, latents.shape[1], classes)
     optimiser = torch.optim.AdamW(reader.parameters(), lr=2e-3, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps) if cosine else None
     for _ in range(steps):
         pick = torch.randint(0, len(latents), (64,))
         loss = F.cross_entropy(reader(latents[pick]), labels[pick])
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+        if schedule is not None:
+            schedule.step()
     return reader.eval()
 
 

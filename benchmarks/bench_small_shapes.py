@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from avdit_mini import probes
@@ -42,16 +41,7 @@ def train_deep_reader(latents: torch.Tensor, labels: torch.Tensor, steps: int, w
                            nn.Conv3d(width, width, (1, 3, 3), padding=(0, 1, 1)), nn.SiLU(),
                            nn.Conv3d(width, width, (1, 3, 3), padding=(0, 1, 1)), nn.SiLU(),
                            nn.AdaptiveMaxPool3d(1), nn.Flatten(), nn.Linear(width, len(SHAPES)))
-    optimiser = torch.optim.AdamW(reader.parameters(), lr=2e-3, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-    for _ in range(steps):
-        pick = torch.randint(0, len(latents), (64,))
-        loss = F.cross_entropy(reader(latents[pick]), labels[pick])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-    return reader.eval()
+    return train_reader(latents, labels, "video", len(SHAPES), steps, reader=reader, cosine=True)
 
 
 def main() -> None:
