@@ -46,7 +46,7 @@ class VideoAEConfig:
     refine_width: int = 16  # features of the full-resolution sharpening head (0: none)
     refine_depth: int = 3  # its 3 x 3 convolutions, dilated 1, 2, 4, ... then 1: a 9 x 9 view at depth 3, 17 x 17 at 4
     refine_hints: int = 0  # extra channels the decoder draws for the head only (what the colours alone do not say)
-    decoder_blocks: int = 0  # residual 3 x 3 blocks on the 8 x 8 latent grid before the decoder draws (room to decide the shape)
+    decoder_blocks: int = 0  # residual 3 x 3 blocks on the 8 x 8 latent grid before the decoder draws (LatentBlock)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,7 +168,8 @@ class LatentBlock(nn.Module):
     straddles cells leaves its shape spread over several of them, and a decoder unsure of it draws
     the average shape -- a blob. Blocks here give it room to gather the evidence and decide before
     it draws. The first convolution sees this latent frame and the one before (causal), the second
-    starts at zero, so a block added to a trained decoder starts as the identity.
+    starts at zero, so a block added to a trained decoder starts as the identity. (Measured in chapter 3,
+    "The smallest objects": two blocks buy 0.3 dB of PSNR and no shape -- the decoder was not short of room.)
     """
 
     def __init__(self, width: int, time_kernel: int = 2):
