@@ -34,13 +34,21 @@ def load_decoder(stem: str) -> tuple[torch.nn.Module, dict]:
     return model, json.loads(checkpoints.checkpoint_paths(stem)["meta"].read_text())
 
 
+def right_by_shape_and_size(truths: list[dict], calls: list) -> dict[str, list[str]]:
+    """``"right/clips"`` per true shape and true size (radius 4, 6, 8 px): how often ``calls`` name the true shape."""
+    counts = np.zeros((len(SHAPES), len(SIZES), 2), dtype=int)
+    for truth, call in zip(truths, calls):
+        counts[SHAPES.index(truth["shape"]), truth["size"]] += (call == truth["shape"], 1)
+    return {s: [f"{right}/{n}" for right, n in counts[i]] for i, s in enumerate(SHAPES)}
+
+
 def score(model: torch.nn.Module, latents: torch.Tensor, videos: torch.Tensor, factors: list[dict]) -> dict:
     """PSNR, the video probes, the shape confusion (rows: true shape) and fill ratios of ``model``'s decodings."""
     with torch.no_grad():
         decoded = torch.cat([model.decode(z) for z in latents.split(25)])
     confusion = np.zeros((len(SHAPES), len(SHAPES)), dtype=int)
     fills: dict[str, list[float]] = {s: [] for s in SHAPES}
-    by_size = np.zeros((len(SHAPES), len(SIZES), 2), dtype=int)  # [true shape, true size, (right, clips)]
+    calls = []
     hits: dict[str, list[bool]] = {k: [] for k in ("shape", "size", "colour", "background")}
     for video, f in zip(decoded, factors):
         seen = probes.measure_video(video)
@@ -49,13 +57,13 @@ def score(model: torch.nn.Module, latents: torch.Tensor, videos: torch.Tensor, f
         if seen["shape"] is not None:
             confusion[SHAPES.index(f["shape"]), SHAPES.index(seen["shape"])] += 1
         fills[f["shape"]].append(seen["fill_ratio"])
-        by_size[SHAPES.index(f["shape"]), f["size"]] += (seen["shape"] == f["shape"], 1)
+        calls.append(seen["shape"])
     return {
         "psnr_db": float(psnr(decoded, videos).mean()),
         **{f"video_{k}": float(np.mean(v)) for k, v in hits.items()},
         "shape_confusion": confusion.tolist(),
         "fill_ratio_by_true_shape": {s: float(np.nanmedian(v)) for s, v in fills.items() if v},
-        "shape_right_by_true_size": {s: [f"{right}/{n}" for right, n in by_size[i]] for i, s in enumerate(SHAPES)},
+        "shape_right_by_true_size": right_by_shape_and_size(factors, calls),
     }
 
 

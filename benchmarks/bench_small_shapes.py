@@ -31,6 +31,7 @@ from avdit_mini.checkpoints import sha256
 from avdit_mini.data import SHAPES, SIZES, WorldDataset, collate
 from avdit_mini.pipeline import CHECKPOINTS, load_pipeline
 
+from bench_decoders import right_by_shape_and_size
 from bench_noise_levels import encode, factor_labels, train_reader  # chapter 3's latent reader
 
 
@@ -72,11 +73,8 @@ def main() -> None:
             rows.append({"shape": f["shape"], "size": f["size"], "original": probes.measure_video(video)["shape"],
                          "reader": SHAPES[guess], "reader_deep": SHAPES[deep],
                          "reconstruction": probes.measure_video(recon)["shape"]})
-    table = {}
-    for what in ("original", "reader", "reader_deep", "reconstruction"):
-        table[what] = {s: [f"{sum(r[what] == s for r in rows if r['shape'] == s and r['size'] == k)}/"
-                           f"{sum(r['shape'] == s and r['size'] == k for r in rows)}" for k in range(len(SIZES))]
-                       for s in SHAPES}
+    table = {what: right_by_shape_and_size(rows, [r[what] for r in rows])
+             for what in ("original", "reader", "reader_deep", "reconstruction")}
     share = lambda what, k: float(np.mean([r[what] == r["shape"] for r in rows if r["size"] == k]))  # noqa: E731
     result = {
         "clips": args.clips, "train_clips": args.train_clips, "reader_steps": args.reader_steps,
@@ -87,7 +85,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - began, 1),
     }
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in result.items()}, indent=1))
+    print(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
 
 
