@@ -230,8 +230,25 @@ def verify_manifest(folder: str | Path) -> dict[str, bool]:
             for entry in manifest.values() for f, info in entry["files"].items()}
 
 
+def same_latents(folder: str | Path, name: str) -> set[str]:
+    """The 12-hex sha256 prefixes of autoencoder ``name``'s weights in ``folder`` and of its earlier decoders.
+
+    A decoder fine-tuned with the encoder frozen (``--finetune-decoder``) leaves every latent, and every
+    diffusion model trained on them, as it was; the MANIFEST keeps the decoders it replaced under
+    ``earlier_decoders``. A result measured through any of them (``benchmarks/results/tasks_*.json``
+    record the autoencoders they were measured through) describes this book's latents and models.
+    """
+    folder = Path(folder)
+    weights = folder / f"{name}.safetensors"
+    if not weights.exists():
+        raise FileNotFoundError(f"no {weights}: the shipped {name} checkpoint is missing")
+    manifest = json.loads((folder / MANIFEST_NAME).read_text()) if (folder / MANIFEST_NAME).exists() else {}
+    earlier = manifest.get(name, {}).get("earlier_decoders", [])
+    return {sha256(weights)[:12]} | {d["files"][f"{name}.safetensors"]["sha256"][:12] for d in earlier}
+
+
 __all__ = [
     "save_checkpoint", "load_checkpoint", "checkpoint_paths", "config_differences",
     "save_training_state", "load_training_state", "rng_state", "set_rng_state",
-    "sha256", "update_manifest", "verify_manifest",
+    "sha256", "update_manifest", "verify_manifest", "same_latents",
 ]

@@ -195,7 +195,8 @@ def random_frames(video: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def autoencoder_loss(model: nn.Module, modality: str, batch: dict, edge: float = 0.0,
-                     frames: int = 0, latent_noise: float = 0.0, pixel: str = "mse") -> dict[str, torch.Tensor]:
+                     frames: int = 0, latent_noise: float = 0.0, pixel: str = "mse", boost: float = 2.0,
+                     area: float = 0.0) -> dict[str, torch.Tensor]:
     """Video: object-weighted ``pixel`` error (MSE or L1, + ``edge`` x the image-gradient L1). Audio: L1 + MSE on normalised log-mel.
 
     ``frames`` > 0 (video): the loss on that many random frames of the 17 (the same for the whole batch).
@@ -204,18 +205,18 @@ def autoencoder_loss(model: nn.Module, modality: str, batch: dict, edge: float =
     draw the true clip from a latent that is a little off, as a diffusion model's samples are (chapter 3).
     """
     if modality == "video":
-        video = batch["video"]
+        video, weighting = batch["video"], {"edge": edge, "pixel": pixel, "boost": boost, "area": area}
         if not frames and not latent_noise:
-            return reconstruction_loss(model(video), video, edge=edge, pixel=pixel)
+            return reconstruction_loss(model(video), video, **weighting)
         latent = model.encode(video)
         if latent_noise:
             spread = latent.detach().std(dim=(0, 2, 3, 4), keepdim=True)  # per channel, over the batch
             sigma = latent_noise * torch.rand(latent.shape[0], 1, 1, 1, 1, device=latent.device)
             latent = latent + sigma * spread * torch.randn_like(latent)
         if not frames:
-            return reconstruction_loss(model.decode_raw(latent), video, edge=edge, pixel=pixel)
+            return reconstruction_loss(model.decode_raw(latent), video, **weighting)
         chosen = random_frames(video, frames)
-        return reconstruction_loss(model.decode_raw(latent, chosen), video[:, :, chosen], edge=edge, pixel=pixel)
+        return reconstruction_loss(model.decode_raw(latent, chosen), video[:, :, chosen], **weighting)
     target = model.log_mel(batch["audio"])  # [B, 64, 136]
     error = model.decode(model.encode_mel(target)) - target
     l1, mse = error.abs().mean(), error.square().mean()
@@ -274,7 +275,8 @@ class Adversary:
         critic_loss.backward()
         self.optimizer.step()
         # 2. the decoder: reconstruction + the balanced adversarial term
-        losses = reconstruction_loss(decoded, real, edge=args.edge_weight, pixel=args.pixel_loss)
+        losses = reconstruction_loss(decoded, real, edge=args.edge_weight, pixel=args.pixel_loss, boost=args.object_boost,
+                                     area=args.boost_area)
         self.critic.requires_grad_(False)
         adversarial = -self.critic(decoded_crops).mean()
         balance = torch.zeros(())
@@ -432,7 +434,7 @@ def train_loop(model: nn.Module, args: argparse.Namespace, optimizer, scheduler,
     """
     if loss_fn is None:
         loss_fn = lambda batch, _: autoencoder_loss(model, args.modality, batch, args.edge_weight, args.loss_frames,  # noqa: E731
-                                                    args.latent_noise, args.pixel_loss)
+                                                    args.latent_noise, args.pixel_loss, args.object_boost, args.boost_area)
         quick = lambda: quick_eval(model, args.modality)  # noqa: E731
     timer, started, first_step = CheckpointTimer(args.save_every_seconds), time.monotonic(), step
     deadline = started + 60 * args.max_minutes if args.max_minutes else math.inf
@@ -865,6 +867,11 @@ def build_parser() -> argparse.ArgumentParser:
     autoencoder.add_argument("--pixel-loss", choices=("mse", "l1"), default="mse",
                              help="video: the per-pixel error; mse draws the mean of what a pixel could be, l1 "
                                   "the median (sharper edges where the decoder is unsure)")
+    autoencoder.add_argument("--object-boost", type=float, default=2.0,
+                             help="video: the object's pixels (and its edge) weigh 1 + this in the pixel loss")
+    autoencoder.add_argument("--boost-area", type=float, default=0.0, metavar="PIXELS",
+                             help="video: scale each frame's boost by PIXELS / the object's pixels, so that a small "
+                                  "object weighs as much as a large one (0: off; 300 is a radius-8 object's)")
     autoencoder.add_argument("--adversarial", type=float, default=0.0, metavar="W",
                              help="video: train the decoder against a patch critic too, its pull W x the "
                                   "reconstruction's (by their gradients at the last layer; 0: off)")

@@ -9,7 +9,7 @@ import torch
 
 from avdit_mini.audio_ae import AudioAEConfig, AudioAutoencoder, LogMel
 from avdit_mini.video_ae import (TINY_VIDEO_CONFIG, VideoAEConfig, VideoAutoencoder, cell_means, edge_error,
-                                 reconstruction_loss, tubelets, untubelets)
+                                 object_weights, reconstruction_loss, tubelets, untubelets)
 
 TINY_AUDIO = AudioAEConfig(channels=(16, 16, 16), blocks=1, groups=4, griffin_lim_iters=2)
 
@@ -118,6 +118,23 @@ def test_video_loss_weights_the_object():
     on_object = video.clone()
     on_object[..., 30:34, 30:34] += 0.2
     assert reconstruction_loss(on_object, video)["loss"] > 2.5 * reconstruction_loss(off_object, video)["loss"]
+
+
+def test_boost_area_weighs_small_and_large_objects_alike():
+    """--boost-area: each frame's object gets the same total extra weight whatever its size; without it, its area's."""
+    video = torch.full((2, 3, 1, 64, 64), 0.1)
+    video[0, :, :, 30:34, 30:34] = 0.9                                            # a 4 x 4 object (6 x 6 with its edge)
+    video[1, :, :, 20:36, 20:36] = 0.9                                            # a 16 x 16 one (18 x 18)
+    plain = (object_weights(video) - 1).sum(dim=(1, 2, 3, 4))
+    assert plain.tolist() == [2.0 * 36, 2.0 * 324]
+    even = (object_weights(video, boost=2.0, area=300.0) - 1).sum(dim=(1, 2, 3, 4))
+    assert torch.allclose(even, torch.tensor([600.0, 600.0]))
+    # a frame without an object (nothing differs from the median) gets no boost, and no division by zero
+    assert torch.equal(object_weights(torch.full((1, 3, 1, 8, 8), 0.5), area=300.0), torch.ones(1, 1, 1, 8, 8))
+    # the loss on the small object's pixels rises with the area weighting; on the background it falls
+    blurred = video.clone()
+    blurred[0, :, :, 30:34, 30:34] = 0.5
+    assert reconstruction_loss(blurred, video, area=300.0)["loss"] > 3 * reconstruction_loss(blurred, video)["loss"]
 
 
 def test_refine_head_starts_as_the_identity():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import numpy as np
@@ -75,6 +76,24 @@ def test_manifest_keeps_the_chain_of_commands(tmp_path):
     assert manifest["a"]["commands"] == ["train --out a", "train --out a --resume"]
     assert manifest["b"]["commands"] == manifest["a"]["commands"] + [f"train --init {tmp_path / 'a'} --out b"]
     assert manifest["c"]["commands"] == ["train --out c"]
+
+
+def test_same_latents_knows_the_decoders_a_fine_tune_replaced(tmp_path):
+    """A decoder fine-tune keeps the latents: results measured through the decoder it replaced still describe them."""
+    paths = checkpoints.save_checkpoint(tmp_path / "video_ae", _state(), {"v": 1})
+    checkpoints.update_manifest(tmp_path, "video_ae", list(paths.values()), "train --out video_ae")
+    now = checkpoints.sha256(paths["weights"])[:12]
+    assert checkpoints.same_latents(tmp_path, "video_ae") == {now}
+    manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
+    manifest["video_ae"]["earlier_decoders"] = [{"files": {"video_ae.safetensors": {"sha256": "ab" * 32, "bytes": 1}}}]
+    (tmp_path / "MANIFEST.json").write_text(json.dumps(manifest))
+    assert checkpoints.same_latents(tmp_path, "video_ae") == {now, "ab" * 6}
+    with pytest.raises(FileNotFoundError, match="audio_ae"):
+        checkpoints.same_latents(tmp_path, "audio_ae")
+    # the shipped video decoder replaced the first GPU decoder, whose sha256 the MANIFEST keeps
+    shipped = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
+    assert "481c531617b8" in checkpoints.same_latents(shipped, "video_ae")
+    assert checkpoints.sha256(shipped / "video_ae.safetensors")[:12] in checkpoints.same_latents(shipped, "video_ae")
 
 
 def _train(stem, *extra: str) -> None:
@@ -219,7 +238,7 @@ def test_adversarial_finetune_trains_a_critic_and_resumes_exactly(tmp_path):
 
 def test_decoder_blocks_and_critic_zoom_in_a_finetune(tmp_path):
     """--decoder-blocks adds a trunk to a trained decoder (the encoder untouched, the trunk trained); --critic-zoom
-    shows the critic enlarged windows, so the same seed trains a different critic."""
+    shows the critic enlarged windows, so the same seed trains a different critic; --boost-area reweighs the loss."""
     common = ["autoencoder", "--modality", "video", "--tiny", "--batch-size", "2", "--warmup", "1",
               "--eval-clips", "0", "--no-manifest", "--threads", "1"]
     main(common + ["--steps", "2", "--out", str(tmp_path / "base")])
@@ -236,6 +255,12 @@ def test_decoder_blocks_and_critic_zoom_in_a_finetune(tmp_path):
     assert not torch.allclose(critics[0]["net.0.weight"], critics[1]["net.0.weight"])
     with pytest.raises(ValueError, match="critic-zoom"):
         main(tune + ["--out", str(tmp_path / "bad"), "--critic-zoom", "0"])
+    # --object-boost / --boost-area reach the loss: the same seed and batch, a different first loss
+    weighting = common + ["--steps", "1", "--finetune-decoder", str(tmp_path / "base")]
+    main(weighting + ["--out", str(tmp_path / "even")])
+    main(weighting + ["--out", str(tmp_path / "area"), "--object-boost", "8", "--boost-area", "300"])
+    logs = [checkpoints.load_checkpoint(tmp_path / n)[1]["loss_log"] for n in ("even", "area")]
+    assert len(logs[0]) == len(logs[1]) == 1 and logs[0][0] != logs[1][0]
 
 
 def test_l1_pixel_loss_draws_the_median():
