@@ -1,0 +1,42 @@
+"""The front page's scoreboard (book/intro.md) is the benchmarks' json, rendered: never typed by hand."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("scoreboard", ROOT / "benchmarks" / "scoreboard.py")
+scoreboard = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(scoreboard)
+
+
+def test_intro_scoreboard_matches_the_benchmark_results():
+    written = scoreboard.current_block(scoreboard.INTRO.read_text())
+    assert written == scoreboard.render(), (
+        "book/intro.md's scoreboard is stale: run `python benchmarks/scoreboard.py --write`")
+
+
+def test_targets_are_judged_by_their_own_rule():
+    assert scoreboard.within(0.985, 1.0) == scoreboard.MET      # 1.5 points below the originals
+    assert scoreboard.within(0.979, 1.0) == scoreboard.MISSED   # 2.1 points below
+    assert scoreboard.within(0.998, 0.994) == scoreboard.MET    # better than the originals
+    assert scoreboard.at_least(0.9, 0.9) == scoreboard.MET
+    assert scoreboard.at_most(126.0, scoreboard.FRAME_MS) == scoreboard.MISSED
+
+
+def test_every_row_that_has_a_target_is_judged():
+    results = {name: json.loads((scoreboard.RESULTS / f"{name}.json").read_text())
+               for name in ("autoencoders", "tasks_monl")}
+    rows = scoreboard.autoencoder_rows(results["autoencoders"]) + scoreboard.task_rows(results["tasks_monl"])
+    for row in rows:
+        assert (row[3] == "") == (row[4] == scoreboard.NONE), row
+    rendered = scoreboard.render()
+    judged = sum(row[4] != scoreboard.NONE for row in rows)
+    assert rendered.count("✘") + rendered.count("✔") == judged
+    assert f"of {judged} targets met" in rendered
+
+
+def test_a_missing_block_is_a_clear_error():
+    with pytest.raises(ValueError, match="scoreboard:start"):
+        scoreboard.replace_block("no markers here", "table")
