@@ -34,7 +34,7 @@ from . import checkpoints, probes
 from .audio_ae import AudioAEConfig, AudioAutoencoder, PostNetConfig, SpectrogramPostNet, postnet_loss
 from .avdit import AVDiT, AVDiTConfig, num_parameters
 from .config import Geometry, get_profile
-from .data import WorldDataset, collate
+from .data import SIZES, SPLIT_OFFSETS, World, WorldDataset, collate
 from .diffusion import GridDiffusion, Latents
 from .latents import LatentScaler, encode_dataset
 from .monl import STRATEGIES, conditional_grid, sample_timestep_grid
@@ -67,11 +67,60 @@ class StepSampler(Sampler[int]):
         return max(self.stop - self.start, 0)
 
 
+class SizeWeightedSampler(Sampler[int]):
+    """Clip indices in step order, like ``StepSampler``, with the object sizes in chosen proportions.
+
+    A hard-example knob for fine-tunes: ``weights = (3, 1, 1)`` gives the radius-4 objects three
+    fifths of every batch instead of a third. Slot ``i`` of the run (step x batch + k) draws its size
+    from a generator seeded by the run, then takes the next train seed whose object has that size, so
+    a step's clips depend on the step alone (a resumed run sees the same ones) and no clip repeats.
+    """
+
+    def __init__(self, start_step: int, total_steps: int, batch_size: int, weights, seed: int = 0):
+        w = torch.as_tensor([float(x) for x in weights], dtype=torch.float64)
+        if w.numel() != len(SIZES) or bool((w < 0).any()) or float(w.sum()) <= 0:
+            raise ValueError(f"size weights must be {len(SIZES)} non-negative numbers, one per radius {SIZES}, "
+                             f"not all zero; got {list(weights)}")
+        slots = total_steps * batch_size
+        sizes = torch.multinomial(w, slots, replacement=True, generator=torch.Generator().manual_seed(seed)).tolist()
+        need = [sizes.count(c) for c in range(len(SIZES))]
+        pools: list[list[int]] = [[] for _ in SIZES]
+        world, candidate, limit = World(), 0, SPLIT_OFFSETS["val"]
+        while any(len(pool) < n for pool, n in zip(pools, need)):
+            if candidate >= limit:
+                raise ValueError(f"{slots:,} clips with size weights {list(weights)} need more than the train "
+                                 f"split's {limit:,} seeds; use fewer steps or less extreme weights")
+            size = world.sample_factors(candidate)["size"]
+            if len(pools[size]) < need[size]:
+                pools[size].append(candidate)
+            candidate += 1
+        taken = [0] * len(SIZES)
+        order = []
+        for size in sizes:
+            order.append(pools[size][taken[size]])
+            taken[size] += 1
+        self.indices = order[start_step * batch_size:]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def clip_loader(start_step: int, total_steps: int, batch_size: int, n_clips: int = TRAIN_CLIPS,
-                split: str = "train", workers: int = 0) -> DataLoader:
-    """Batches of world clips generated on the fly, deterministic in the step."""
+                split: str = "train", workers: int = 0, size_weights=None) -> DataLoader:
+    """Batches of world clips generated on the fly, deterministic in the step.
+
+    ``size_weights`` (train split only): the share of each object size, as ``SizeWeightedSampler``.
+    """
     dataset = WorldDataset(n_clips, split)
-    sampler = StepSampler(start_step, total_steps, batch_size, n_clips)
+    if size_weights is not None:
+        if split != "train":
+            raise ValueError("size_weights re-weights the training clips only")
+        sampler = SizeWeightedSampler(start_step, total_steps, batch_size, size_weights)
+    else:
+        sampler = StepSampler(start_step, total_steps, batch_size, n_clips)
     # its own generator: starting the loader draws a seed, which must not come from the global random
     # state (a resumed run starts a loader mid-way, and the steps' own draws would shift by one)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=workers,
@@ -439,7 +488,8 @@ def train_loop(model: nn.Module, args: argparse.Namespace, optimizer, scheduler,
     timer, started, first_step = CheckpointTimer(args.save_every_seconds), time.monotonic(), step
     deadline = started + 60 * args.max_minutes if args.max_minutes else math.inf
     model.train()
-    bar = tqdm(clip_loader(step, steps, batch_size, workers=args.workers), total=steps, initial=step,
+    bar = tqdm(clip_loader(step, steps, batch_size, workers=args.workers, size_weights=getattr(args, "size_weights", None)),
+               total=steps, initial=step,
                desc=desc or f"{args.modality} AE", mininterval=5.0, file=sys.stdout)
     device = next(model.parameters()).device
     for batch in bar:
@@ -872,6 +922,9 @@ def build_parser() -> argparse.ArgumentParser:
     autoencoder.add_argument("--boost-area", type=float, default=0.0, metavar="PIXELS",
                              help="video: scale each frame's boost by PIXELS / the object's pixels, so that a small "
                                   "object weighs as much as a large one (0: off; 300 is a radius-8 object's)")
+    autoencoder.add_argument("--size-weights", type=float, nargs=3, default=None, metavar=("W4", "W6", "W8"),
+                             help="share of the batches given to objects of radius 4, 6 and 8 px (default: the "
+                                  "world's own, a third each); 3 1 1 shows the smallest three times as often as each other size")
     autoencoder.add_argument("--adversarial", type=float, default=0.0, metavar="W",
                              help="video: train the decoder against a patch critic too, its pull W x the "
                                   "reconstruction's (by their gradients at the last layer; 0: off)")

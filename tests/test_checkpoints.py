@@ -295,3 +295,28 @@ def test_latent_cache_is_named_by_the_encoders_only(tmp_path):
     checkpoints.save_checkpoint(tmp_path / "audio_ae", {"log_mel.fb": torch.zeros(2), "encoder.w": torch.ones(2)}, {"kind": "a"})
     assert latent_cache_name(64, tmp_path) != first
     assert latent_cache_name(128, tmp_path) != latent_cache_name(64, tmp_path)
+
+
+def test_size_weights_show_the_small_objects_more_often_and_resume_exactly(tmp_path):
+    """--size-weights draws the batches' object sizes in chosen shares; a step's clips depend on the step alone."""
+    from avdit_mini.data import World
+    from avdit_mini.train import SizeWeightedSampler
+    world = World()
+    full = list(SizeWeightedSampler(0, 30, 8, (3, 1, 1)))
+    assert len(full) == 240 and len(set(full)) == 240                      # no clip twice
+    sizes = [world.sample_factors(i)["size"] for i in full]
+    assert 0.45 < sizes.count(0) / 240 < 0.75                             # 3/5 expected, the world's 1/3
+    assert list(SizeWeightedSampler(12, 30, 8, (3, 1, 1))) == full[12 * 8:]   # a resumed run sees the same clips
+    only_small = list(SizeWeightedSampler(0, 4, 8, (1, 0, 0)))
+    assert {world.sample_factors(i)["size"] for i in only_small} == {0}
+    with pytest.raises(ValueError, match="one per radius"):
+        SizeWeightedSampler(0, 4, 8, (1, 1))
+    with pytest.raises(ValueError, match="not all zero"):
+        SizeWeightedSampler(0, 4, 8, (0, 0, 0))
+    # the flag reaches the loader: the same seed, other clips, another first loss
+    common = ["autoencoder", "--modality", "video", "--tiny", "--batch-size", "2", "--warmup", "1", "--steps", "1",
+              "--eval-clips", "0", "--no-manifest", "--threads", "1"]
+    main(common + ["--out", str(tmp_path / "world")])
+    main(common + ["--out", str(tmp_path / "small"), "--size-weights", "1", "0", "0"])
+    logs = [checkpoints.load_checkpoint(tmp_path / n)[1]["loss_log"] for n in ("world", "small")]
+    assert logs[0][0] != logs[1][0]
