@@ -924,7 +924,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "object weighs as much as a large one (0: off; 300 is a radius-8 object's)")
     autoencoder.add_argument("--size-weights", type=float, nargs=3, default=None, metavar=("W4", "W6", "W8"),
                              help="share of the batches given to objects of radius 4, 6 and 8 px (default: the "
-                                  "world's own, a third each); 3 1 1 shows the smallest three times as often as each other size")
+                                  "world's own, a third each); 3 1 1 shows the smallest three times as often as "
+                                  "each other size")
     autoencoder.add_argument("--adversarial", type=float, default=0.0, metavar="W",
                              help="video: train the decoder against a patch critic too, its pull W x the "
                                   "reconstruction's (by their gradients at the last layer; 0: off)")
