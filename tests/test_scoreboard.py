@@ -40,3 +40,23 @@ def test_every_row_that_has_a_target_is_judged():
 def test_a_missing_block_is_a_clear_error():
     with pytest.raises(ValueError, match="scoreboard:start"):
         scoreboard.replace_block("no markers here", "table")
+
+
+def test_a_guided_run_meets_a_target_only_where_it_does(tmp_path):
+    tasks = json.loads((scoreboard.RESULTS / "tasks_monl.json").read_text())
+    guided = json.loads(json.dumps(tasks))
+    guided["guidance"] = 2.0
+    guided["tasks"]["a2v"]["bounces_matched"] = 0.95      # met only with guidance
+    guided["tasks"]["a2v"]["video_shape"] = 0.10          # worse with guidance: the unguided row still stands
+    rows = {(r[0], r[1]): r for r in scoreboard.task_rows(tasks, guided)}
+    bounces = rows[("a2v", "bounces on the sound's impacts")]
+    assert bounces[2:4] == [scoreboard.pct(tasks["tasks"]["a2v"]["bounces_matched"]), "95.0%"]
+    assert bounces[-1] == f"{scoreboard.MET} at w = 2"
+    assert rows[("a2v", "shape matches the sound's timbre")][-1] == scoreboard.MISSED
+    # a guided file measured through other autoencoders, or on fewer tasks, is left out
+    for name, broken in [("other_ae", {**guided, "autoencoders": {"video_ae": "0" * 12}}),
+                         ("fewer", {**guided, "tasks": {"a2v": guided["tasks"]["a2v"]}})]:
+        (tmp_path / f"{name}.json").write_text(json.dumps(broken))
+        assert scoreboard.guided_results(tmp_path, tasks, f"{name}.json") is None
+    (tmp_path / "good.json").write_text(json.dumps(guided))
+    assert scoreboard.guided_results(tmp_path, tasks, "good.json")["guidance"] == 2.0
