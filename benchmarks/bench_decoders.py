@@ -42,6 +42,24 @@ def right_by_shape_and_size(truths: list[dict], calls: list) -> dict[str, list[s
     return {s: [f"{right}/{n}" for right, n in counts[i]] for i, s in enumerate(SHAPES)}
 
 
+def small_object_parts(videos, factors: list[dict]) -> dict[str, dict[str, float]]:
+    """Where a radius-4 object's fill ratio goes: its area and its sub-pixel width and height, as the probe
+    measures them (``probes.object_coverage``), median over frames, mean over clips, by true shape.
+
+    fill = area / (width x height), so a decoder can lower it by eating the corners (less area) or by
+    drawing a faint halo around the object (a wider box).
+    """
+    parts: dict[str, list[list[float]]] = {s: [] for s in SHAPES}
+    for video, f in zip(videos, factors):
+        if f["size"] != 0:
+            continue
+        coverage, _, _ = probes.object_coverage(video)
+        frames = [(c.sum(), c.max(axis=0).sum(), c.max(axis=1).sum()) for c in coverage if c.sum() >= 4]
+        if frames:
+            parts[f["shape"]].append(np.median(np.array(frames), axis=0).tolist())
+    return {s: dict(zip(("area", "width", "height"), np.mean(v, axis=0).round(3).tolist())) for s, v in parts.items() if v}
+
+
 def score(model: torch.nn.Module, latents: torch.Tensor, videos: torch.Tensor, factors: list[dict]) -> dict:
     """PSNR, the video probes, the shape confusion (rows: true shape) and fill ratios of ``model``'s decodings."""
     with torch.no_grad():
@@ -64,6 +82,7 @@ def score(model: torch.nn.Module, latents: torch.Tensor, videos: torch.Tensor, f
         "shape_confusion": confusion.tolist(),
         "fill_ratio_by_true_shape": {s: float(np.nanmedian(v)) for s, v in fills.items() if v},
         "shape_right_by_true_size": right_by_shape_and_size(factors, calls),
+        "radius_4_parts": small_object_parts(decoded, factors),
     }
 
 
@@ -90,7 +109,8 @@ def main() -> None:
         "shape_classes": list(SHAPES),
         "originals": {"video_shape": float(np.mean([m["shape"] == f["shape"] for m, f in zip(originals, factors)])),
                       "fill_ratio_by_true_shape": {s: float(np.nanmedian([m["fill_ratio"] for m, f in zip(originals, factors)
-                                                                          if f["shape"] == s])) for s in SHAPES}},
+                                                                          if f["shape"] == s])) for s in SHAPES},
+                      "radius_4_parts": small_object_parts(videos, factors)},
         "decoders": {},
     }
     named = {"shipped": ("data/checkpoints/video_ae", shipped, None)}
