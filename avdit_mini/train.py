@@ -245,7 +245,7 @@ def random_frames(video: torch.Tensor, k: int) -> torch.Tensor:
 
 def autoencoder_loss(model: nn.Module, modality: str, batch: dict, edge: float = 0.0,
                      frames: int = 0, latent_noise: float = 0.0, pixel: str = "mse", boost: float = 2.0,
-                     area: float = 0.0) -> dict[str, torch.Tensor]:
+                     area: float = 0.0, halo: float = 0.0) -> dict[str, torch.Tensor]:
     """Video: object-weighted ``pixel`` error (MSE or L1, + ``edge`` x the image-gradient L1). Audio: L1 + MSE on normalised log-mel.
 
     ``frames`` > 0 (video): the loss on that many random frames of the 17 (the same for the whole batch).
@@ -254,7 +254,8 @@ def autoencoder_loss(model: nn.Module, modality: str, batch: dict, edge: float =
     draw the true clip from a latent that is a little off, as a diffusion model's samples are (chapter 3).
     """
     if modality == "video":
-        video, weighting = batch["video"], {"edge": edge, "pixel": pixel, "boost": boost, "area": area}
+        video, weighting = batch["video"], {"edge": edge, "pixel": pixel, "boost": boost, "area": area,
+                                           "halo": halo}
         if not frames and not latent_noise:
             return reconstruction_loss(model(video), video, **weighting)
         latent = model.encode(video)
@@ -325,7 +326,7 @@ class Adversary:
         self.optimizer.step()
         # 2. the decoder: reconstruction + the balanced adversarial term
         losses = reconstruction_loss(decoded, real, edge=args.edge_weight, pixel=args.pixel_loss, boost=args.object_boost,
-                                     area=args.boost_area)
+                                     area=args.boost_area, halo=getattr(args, "halo_weight", 0.0))
         self.critic.requires_grad_(False)
         adversarial = -self.critic(decoded_crops).mean()
         balance = torch.zeros(())
@@ -483,7 +484,8 @@ def train_loop(model: nn.Module, args: argparse.Namespace, optimizer, scheduler,
     """
     if loss_fn is None:
         loss_fn = lambda batch, _: autoencoder_loss(model, args.modality, batch, args.edge_weight, args.loss_frames,  # noqa: E731
-                                                    args.latent_noise, args.pixel_loss, args.object_boost, args.boost_area)
+                                                    args.latent_noise, args.pixel_loss, args.object_boost, args.boost_area,
+                                                    getattr(args, "halo_weight", 0.0))
         quick = lambda: quick_eval(model, args.modality)  # noqa: E731
     timer, started, first_step = CheckpointTimer(args.save_every_seconds), time.monotonic(), step
     deadline = started + 60 * args.max_minutes if args.max_minutes else math.inf
@@ -922,6 +924,9 @@ def build_parser() -> argparse.ArgumentParser:
     autoencoder.add_argument("--boost-area", type=float, default=0.0, metavar="PIXELS",
                              help="video: scale each frame's boost by PIXELS / the object's pixels, so that a small "
                                   "object weighs as much as a large one (0: off; 300 is a radius-8 object's)")
+    autoencoder.add_argument("--halo-weight", type=float, default=0.0, metavar="H",
+                             help="video: add H x the absolute error on the 2-pixel ring of background around the "
+                                  "object (a faint halo widens a small object's box; 0: off)")
     autoencoder.add_argument("--size-weights", type=float, nargs=3, default=None, metavar=("W4", "W6", "W8"),
                              help="share of the batches given to objects of radius 4, 6 and 8 px (default: the "
                                   "world's own, a third each); 3 1 1 shows the smallest three times as often as "

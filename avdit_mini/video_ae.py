@@ -292,9 +292,32 @@ def edge_error(reconstruction: torch.Tensor, video: torch.Tensor) -> torch.Tenso
     return sum((reconstruction.diff(dim=d) - video.diff(dim=d)).abs().mean() for d in (-1, -2))
 
 
+def halo_error(reconstruction: torch.Tensor, video: torch.Tensor, width: int = 2, threshold: float = 0.05) -> torch.Tensor:
+    """Mean absolute error on the ring of background pixels around the object, per frame, then averaged.
+
+    The ring is the ``width`` pixels just outside every pixel that differs from its frame's median
+    colour (the object, anti-aliased edge included). A faint halo there costs little under a squared
+    error -- 0.15 of the object's colour is 2% of the error of a wrong pixel -- yet it widens the box
+    the probe measures a small object by (chapter 3). An absolute error makes it cost in proportion,
+    and averaging per frame gives a small object's ring the same say as a large one's.
+    """
+    b, c, t, h, w = video.shape
+    median = video.reshape(b, c, t, h * w).median(dim=-1).values[..., None, None]
+    differs = ((video - median).abs().amax(dim=1, keepdim=True) > threshold).float()  # [B, 1, T, H, W]
+    grown = F.max_pool3d(differs, (1, 2 * width + 1, 2 * width + 1), stride=1, padding=(0, width, width))
+    ring = grown - differs
+    error = (reconstruction - video).abs().mean(dim=1, keepdim=True)
+    per_frame = (error * ring).sum(dim=(-2, -1)) / ring.sum(dim=(-2, -1)).clamp(min=1.0)
+    return per_frame.mean()
+
+
 def reconstruction_loss(reconstruction: torch.Tensor, video: torch.Tensor, boost: float = 2.0,
-                        edge: float = 0.0, pixel: str = "mse", area: float = 0.0) -> dict[str, torch.Tensor]:
+                        edge: float = 0.0, pixel: str = "mse", area: float = 0.0,
+                        halo: float = 0.0) -> dict[str, torch.Tensor]:
     """Object-weighted pixel error, plus ``edge`` x :func:`edge_error` (chapter 3): ``{"loss", "mse", "l1", "edge"}``.
+
+    ``halo`` > 0: plus ``halo`` x :func:`halo_error`, the absolute error on the ring around the object
+    (``"halo"`` is then returned too).
 
     ``pixel="mse"``: the squared error, whose best guess for a pixel the decoder is unsure of is the
     *mean* of what it could be (a half-covered corner drawn half-grey). ``pixel="l1"``: the absolute
@@ -310,7 +333,12 @@ def reconstruction_loss(reconstruction: torch.Tensor, video: torch.Tensor, boost
     edges = edge_error(reconstruction, video)
     if edge:
         loss = loss + edge * edges
-    return {"loss": loss, "mse": error.square().mean().detach(), "l1": error.abs().mean().detach(), "edge": edges.detach()}
+    out = {"mse": error.square().mean().detach(), "l1": error.abs().mean().detach(), "edge": edges.detach()}
+    if halo:
+        ring = halo_error(reconstruction, video)
+        loss = loss + halo * ring
+        out["halo"] = ring.detach()
+    return {"loss": loss, **out}
 
 
 class FrameCritic(nn.Module):

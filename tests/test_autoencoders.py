@@ -137,6 +137,26 @@ def test_boost_area_weighs_small_and_large_objects_alike():
     assert reconstruction_loss(blurred, video, area=300.0)["loss"] > 3 * reconstruction_loss(blurred, video)["loss"]
 
 
+def test_halo_error_charges_a_faint_ring_around_the_object_only():
+    """--halo-weight: the absolute error on the 2-pixel ring of background around the object, per frame."""
+    from avdit_mini.video_ae import halo_error
+    video = torch.full((2, 3, 1, 64, 64), 0.1)
+    video[0, :, :, 30:34, 30:34] = 0.9                                            # a small object
+    video[1, :, :, 20:36, 20:36] = 0.9                                            # a large one
+    assert halo_error(video, video) == 0
+    haloed = video.clone()
+    haloed[0, :, :, 29, 29:35] += 0.15                                            # a faint row just above the small one
+    haloed[1, :, :, 19, 19:37] += 0.15                                            # and above the large one
+    ring = [(8 ** 2 - 4 ** 2), (20 ** 2 - 16 ** 2)]                               # ring pixels of each frame
+    expected = 0.5 * (0.15 * 6 / ring[0] + 0.15 * 18 / ring[1])
+    assert torch.isclose(halo_error(haloed, video), torch.tensor(expected), rtol=1e-4)
+    far = video.clone()
+    far[:, :, :, 0:2, 0:2] += 0.15                                                # an error far from the object: not halo
+    assert halo_error(far, video) == 0
+    with_halo = reconstruction_loss(haloed, video, halo=1.0)
+    assert torch.isclose(with_halo["loss"] - reconstruction_loss(haloed, video)["loss"], with_halo["halo"])
+
+
 def test_refine_head_starts_as_the_identity():
     """The sharpening head's last layer starts at zero: a fresh head leaves the decoder's output unchanged."""
     torch.manual_seed(0)

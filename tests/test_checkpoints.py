@@ -259,8 +259,10 @@ def test_decoder_blocks_and_critic_zoom_in_a_finetune(tmp_path):
     weighting = common + ["--steps", "1", "--finetune-decoder", str(tmp_path / "base")]
     main(weighting + ["--out", str(tmp_path / "even")])
     main(weighting + ["--out", str(tmp_path / "area"), "--object-boost", "8", "--boost-area", "300"])
-    logs = [checkpoints.load_checkpoint(tmp_path / n)[1]["loss_log"] for n in ("even", "area")]
+    main(weighting + ["--out", str(tmp_path / "halo"), "--halo-weight", "1"])              # and --halo-weight
+    logs = [checkpoints.load_checkpoint(tmp_path / n)[1]["loss_log"] for n in ("even", "area", "halo")]
     assert len(logs[0]) == len(logs[1]) == 1 and logs[0][0] != logs[1][0]
+    assert logs[2][0] > logs[0][0]                                                  # the ring's error is added
 
 
 def test_l1_pixel_loss_draws_the_median():
