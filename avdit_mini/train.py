@@ -326,7 +326,7 @@ class Adversary:
         self.optimizer.step()
         # 2. the decoder: reconstruction + the balanced adversarial term
         losses = reconstruction_loss(decoded, real, edge=args.edge_weight, pixel=args.pixel_loss, boost=args.object_boost,
-                                     area=args.boost_area, halo=getattr(args, "halo_weight", 0.0))
+                                     area=args.boost_area, halo=args.halo_weight)
         self.critic.requires_grad_(False)
         adversarial = -self.critic(decoded_crops).mean()
         balance = torch.zeros(())
@@ -485,7 +485,7 @@ def train_loop(model: nn.Module, args: argparse.Namespace, optimizer, scheduler,
     if loss_fn is None:
         loss_fn = lambda batch, _: autoencoder_loss(model, args.modality, batch, args.edge_weight, args.loss_frames,  # noqa: E731
                                                     args.latent_noise, args.pixel_loss, args.object_boost, args.boost_area,
-                                                    getattr(args, "halo_weight", 0.0))
+                                                    args.halo_weight)
         quick = lambda: quick_eval(model, args.modality)  # noqa: E731
     timer, started, first_step = CheckpointTimer(args.save_every_seconds), time.monotonic(), step
     deadline = started + 60 * args.max_minutes if args.max_minutes else math.inf

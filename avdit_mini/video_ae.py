@@ -264,6 +264,13 @@ class VideoAutoencoder(nn.Module):
         return self.decode_raw(self.encode(video))
 
 
+def object_mask(video: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
+    """1 where a pixel differs from its frame's median colour (the object, anti-aliased edge included) [B, 1, T, H, W]."""
+    b, c, t, h, w = video.shape
+    median = video.reshape(b, c, t, h * w).median(dim=-1).values[..., None, None]  # [B, 3, T, 1, 1]
+    return ((video - median).abs().amax(dim=1, keepdim=True) > threshold).float()
+
+
 def object_weights(video: torch.Tensor, boost: float = 2.0, threshold: float = 0.05, area: float = 0.0) -> torch.Tensor:
     """Per-pixel weights [B, 1, T, H, W]: 1 + ``boost`` where a pixel differs from its frame's median colour.
 
@@ -272,10 +279,7 @@ def object_weights(video: torch.Tensor, boost: float = 2.0, threshold: float = 0
     that every object weighs as much as one of ``area`` pixels would -- a radius-4 object (~80 pixels)
     as much as a radius-8 one (~300): its one-pixel corners are otherwise a tiny share of the loss.
     """
-    b, c, t, h, w = video.shape
-    median = video.reshape(b, c, t, h * w).median(dim=-1).values[..., None, None]  # [B, 3, T, 1, 1]
-    differs = (video - median).abs().amax(dim=1, keepdim=True) > threshold  # [B, 1, T, H, W]
-    differs = F.max_pool3d(differs.float(), (1, 3, 3), stride=1, padding=(0, 1, 1))  # and its edges
+    differs = F.max_pool3d(object_mask(video, threshold), (1, 3, 3), stride=1, padding=(0, 1, 1))  # and its edges
     if area > 0:
         pixels = differs.sum(dim=(-2, -1), keepdim=True).clamp(min=1.0)  # [B, 1, T, 1, 1]
         return 1.0 + boost * differs * (area / pixels)
@@ -301,9 +305,7 @@ def halo_error(reconstruction: torch.Tensor, video: torch.Tensor, width: int = 2
     the probe measures a small object by (chapter 3). An absolute error makes it cost in proportion,
     and averaging per frame gives a small object's ring the same say as a large one's.
     """
-    b, c, t, h, w = video.shape
-    median = video.reshape(b, c, t, h * w).median(dim=-1).values[..., None, None]
-    differs = ((video - median).abs().amax(dim=1, keepdim=True) > threshold).float()  # [B, 1, T, H, W]
+    differs = object_mask(video, threshold)
     grown = F.max_pool3d(differs, (1, 2 * width + 1, 2 * width + 1), stride=1, padding=(0, width, width))
     ring = grown - differs
     error = (reconstruction - video).abs().mean(dim=1, keepdim=True)
