@@ -43,11 +43,25 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
             os.remove(tmp)
 
 
+def _json_text(payload: dict) -> str:
+    """``payload`` as indented JSON, except that a ``loss_log`` list is written one compact row per line.
+
+    A training run logs a row per step; indenting every key of every row tripled the size of the
+    shipped checkpoints' JSON without making a row any easier to read.
+    """
+    if not isinstance(payload.get("loss_log"), list):
+        return json.dumps(payload, indent=2, sort_keys=True, default=_json_default)
+    marker = "__loss_log_rows__"
+    text = json.dumps({**payload, "loss_log": marker}, indent=2, sort_keys=True, default=_json_default)
+    rows = ",\n    ".join(json.dumps(row, sort_keys=True, separators=(",", ":"), default=_json_default)
+                           for row in payload["loss_log"])
+    return text.replace(json.dumps(marker), f"[\n    {rows}\n  ]" if rows else "[]", 1)
+
+
 def _write_json(path: Path, payload: dict) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True, default=_json_default)
-            f.write("\n")
+            f.write(_json_text(payload) + "\n")
 
     _atomic_write(path, write)
 

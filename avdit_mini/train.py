@@ -801,7 +801,7 @@ def run_avdit(args: argparse.Namespace) -> dict:
         values = torch.cat([v for _, _, v in pending]).float().cpu().split([len(v) for _, _, v in pending])
         for (record_step, strategies, _), row in zip(pending, (v.tolist() for v in values)):
             loss_log.append({"step": record_step, "loss": round(row[0], 5), "grad_norm": round(row[1], 4),
-                             "per_strategy": dict(zip(strategies, row[2:]))})
+                             "per_strategy": {k: round(v, 5) for k, v in zip(strategies, row[2:])}})
         pending.clear()
         bar.set_postfix(loss=f"{loss_log[-1]['loss']:.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
 

@@ -322,3 +322,30 @@ def test_size_weights_show_the_small_objects_more_often_and_resume_exactly(tmp_p
     main(common + ["--out", str(tmp_path / "small"), "--size-weights", "1", "0", "0"])
     logs = [checkpoints.load_checkpoint(tmp_path / n)[1]["loss_log"] for n in ("world", "small")]
     assert logs[0][0] != logs[1][0]
+
+
+def test_a_loss_log_is_written_one_row_per_line(tmp_path):
+    log = [{"step": s, "loss": 0.5 - s / 100, "per_strategy": {"0": 0.25, "1": 0.125}} for s in range(3)]
+    checkpoints.save_checkpoint(tmp_path / "m", _state(), {"v": 1}, {"loss_log": log, "metrics": {"a": 1}})
+    text = (tmp_path / "m.json").read_text()
+    assert json.loads(text)["loss_log"] == log and json.loads(text)["metrics"] == {"a": 1}
+    rows = [line for line in text.splitlines() if '"step"' in line]
+    assert len(rows) == 3 and all(line.strip().startswith("{") for line in rows)
+    checkpoints.save_checkpoint(tmp_path / "e", _state(), {"v": 1}, {"loss_log": []})
+    assert json.loads((tmp_path / "e.json").read_text())["loss_log"] == []
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
+# The shipped folder must leave room in the working tree that a lent GPU receives (64 MiB in all).
+SHIPPED_BUDGET_BYTES = 56 * 2**20
+
+
+def test_the_shipped_checkpoints_match_their_manifest_and_budget():
+    """Every shipped file has its MANIFEST's sha256, its JSON is in the form save_checkpoint writes, and
+    the folder stays inside its budget."""
+    assert all(checkpoints.verify_manifest(SHIPPED).values())
+    for meta in sorted(SHIPPED.glob("*.json")):
+        text = meta.read_text()
+        assert text == checkpoints._json_text(json.loads(text)) + "\n", f"{meta.name} was not written by save_checkpoint"
+    total = sum(f.stat().st_size for f in SHIPPED.iterdir() if f.is_file())
+    assert total <= SHIPPED_BUDGET_BYTES, f"data/checkpoints holds {total / 2**20:.1f} MiB"
