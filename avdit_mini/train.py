@@ -752,6 +752,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
                   "steps": args.steps, "seed": args.seed, "weights": args.weights, "init": args.init}
     if args.clean_probability:  # left out at 0, so the configs of runs made before the flag still match
         run_config["clean_probability"] = args.clean_probability
+    if args.object_boost:  # likewise
+        run_config["object_boost"] = args.object_boost
     start, loss_log = 0, []
     state_path = checkpoints.checkpoint_paths(stem)["state"]
     if args.resume and state_path.exists():
@@ -811,7 +813,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
         index = index.to(device)
         clean = Latents(latents["video"][index].to(device), latents["audio"][index].to(device))
         with autocast:
-            loss, per_cell = diffusion.loss(trained, clean, grid.to(device), generator=None if device.type == "cuda" else generator)
+            loss, per_cell = diffusion.loss(trained, clean, grid.to(device), generator=None if device.type == "cuda" else generator,
+                                            object_boost=args.object_boost)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -857,6 +860,9 @@ def add_avdit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clean-probability", type=float, default=0.0,
                         help="MoNL: each drawn t is 0 (a clean cell, out of the loss) with this probability, "
                              "so that training sees clean conditions as inference does (chapter 7)")
+    parser.add_argument("--object-boost", type=float, default=0.0,
+                        help="weigh the video latent's object positions 1 + B times the background's in the loss "
+                             "(diffusion.latent_object_weights; 0: the plain mean)")
     parser.add_argument("--preset", default=None, help="tiny | small | base (default: the profile's)")
     parser.add_argument("--schedule", default="cosine")
     parser.add_argument("--prediction", default="epsilon", choices=["epsilon", "v"])

@@ -139,3 +139,25 @@ def test_bad_arguments_are_clear_errors():
         diffusion.step_sequence(0)
     with pytest.raises(ValueError, match="unknown prediction"):
         GridDiffusion(prediction="x0")
+
+
+def test_latent_object_weights_find_the_object_and_keep_the_scale():
+    from avdit_mini.diffusion import latent_object_weights
+
+    video = torch.zeros(2, 8, 5, 8, 8) + torch.randn(2, 8, 5, 1, 1)   # a flat background per frame ...
+    video[0, :, 1, 3, 4] += 3.0                                     # ... and an object in one cell of one frame
+    weights = latent_object_weights(video, boost=4.0)
+    assert weights.shape == (2, 1, 5, 8, 8)
+    assert torch.allclose(weights.mean(dim=(3, 4)), torch.ones(2, 1, 5))  # mean 1 in every latent frame
+    assert weights[0, 0, 1, 3, 4] == 5 * weights[0, 0, 1, 0, 0]            # the object weighs 1 + boost times more
+    assert torch.equal(weights[1], torch.ones_like(weights[1]))             # no object: the plain mean
+
+
+def test_object_boost_moves_the_loss_and_zero_is_the_plain_loss():
+    diffusion, model, clean = GridDiffusion(), random_model(), clean_latents()
+    grid = sample_timestep_grid(2, "monl", generator=torch.Generator().manual_seed(3))
+    loss = lambda **kw: diffusion.loss(model, clean, grid, generator=torch.Generator().manual_seed(0), **kw)  # noqa: E731
+    plain, boosted = loss(), loss(object_boost=8.0)
+    assert torch.equal(plain[0], loss(object_boost=0.0)[0])
+    assert not torch.allclose(plain[0], boosted[0])
+    assert torch.equal(plain[1][:, 1].nan_to_num(), boosted[1][:, 1].nan_to_num())  # the audio's cells are untouched
