@@ -36,7 +36,7 @@ def run_chapter(notebook: Path, profile: str, out_dir: Path) -> dict:
     except papermill.PapermillExecutionError as failure:
         error = f"cell {failure.exec_count}: {failure.ename}: {failure.evalue}"[:500]
     return {"chapter": notebook.stem, "seconds": round(time.perf_counter() - start, 1), "ok": error is None,
-            "error": error}
+            "error": error, "load_average": round(os.getloadavg()[0], 2)}  # other work on the machine slows a chapter
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 
 Reads ``benchmarks/results/{world,autoencoders,tasks_monl}.json`` (written by ``bench_world.py``,
 ``bench_autoencoders.py`` and ``bench_tasks.py``) and renders one Markdown table per stage, each
-row a measured number, its target and whether it is met. The tables live in ``book/intro.md``
+row a measured number, its target and whether it is met; then, from ``chapters_cpu.json``
+(``bench_chapters.py``), how long each chapter takes on a laptop. The tables live in ``book/intro.md``
 between two marker comments; ``tests/test_scoreboard.py`` fails when they no longer match the
 json, so a re-measured benchmark cannot leave the book's front page stale.
 
@@ -185,7 +186,25 @@ def render(results: Path = RESULTS) -> str:
         f"{hits} of {targets} targets met. {hard}Sampling speed: {tasks['tasks']['a2v']['clips_per_second']:.1f} clips/s "
         f"({tasks['steps']} DDIM steps, one CPU thread){speed_guided}.",
     ]
+    chapters = chapter_times(results)
+    if chapters:
+        parts += ["", chapters]
     return "\n".join(parts)
+
+
+def chapter_times(results: Path = RESULTS, name: str = "chapters_cpu.json") -> str:
+    """One line: how long each chapter takes top to bottom in the `cpu` profile (``bench_chapters.py``)."""
+    path = results / name
+    if not path.exists():
+        return ""
+    run = json.loads(path.read_text())
+    if not run["chapters"] or not all(c["ok"] for c in run["chapters"]):
+        failed = [c["chapter"] for c in run["chapters"] if not c["ok"]]
+        raise ValueError(f"{path} records failed chapters {failed}: fix them and run bench_chapters.py again")
+    times = ", ".join(f"{int(c['chapter'][:2])}: {c['seconds'] / 60:.1f}" for c in run["chapters"])
+    return (f"**Each chapter on a laptop** (`bench_chapters.py`: top to bottom in the `{run['profile']}` profile with "
+            f"papermill, {run['threads']} thread{'s' if run['threads'] > 1 else ''}, {run['machine'].split(',')[1].strip()}; "
+            f"shipped weights): minutes per chapter {times}; {run['total_seconds'] / 60:.0f} minutes for the whole book.")
 
 
 def replace_block(text: str, block: str) -> str:

@@ -60,3 +60,16 @@ def test_a_guided_run_meets_a_target_only_where_it_does(tmp_path):
         assert scoreboard.guided_results(tmp_path, tasks, f"{name}.json") is None
     (tmp_path / "good.json").write_text(json.dumps(guided))
     assert scoreboard.guided_results(tmp_path, tasks, "good.json")["guidance"] == 2.0
+
+
+def test_chapter_times_refuse_a_run_with_a_failed_chapter(tmp_path):
+    run = {"profile": "cpu", "threads": 1, "machine": "x86_64, 2 cores, Linux", "total_seconds": 90.0,
+           "chapters": [{"chapter": "01_world", "seconds": 30.0, "ok": True, "error": None},
+                        {"chapter": "02_audio", "seconds": 60.0, "ok": True, "error": None}]}
+    (tmp_path / "chapters_cpu.json").write_text(json.dumps(run))
+    assert "1: 0.5, 2: 1.0; 2 minutes for the whole book" in scoreboard.chapter_times(tmp_path)
+    run["chapters"][1].update(ok=False, error="cell 3: ValueError")
+    (tmp_path / "chapters_cpu.json").write_text(json.dumps(run))
+    with pytest.raises(ValueError, match="02_audio"):
+        scoreboard.chapter_times(tmp_path)
+    assert scoreboard.chapter_times(tmp_path / "nowhere") == ""
