@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
@@ -36,3 +37,11 @@ def test_a_chapter_is_committed_valid_and_without_outputs(path):
         assert part in markdown, f"{path.name} has no {part!r}"
     assert any("assert " in c.source for c in code), f"{path.name} checks nothing for nbval"
     assert raw["metadata"]["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter(path):
+    """`papermill --help-notebook` and `-p name value` need each line of the parameters cell to parse."""
+    cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    names = [line.split("=")[0].strip() for line in cell.source.splitlines() if line.strip() and not line.startswith("#")]
+    assert list(papermill.inspect_notebook(str(path))) == names
