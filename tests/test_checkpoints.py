@@ -336,8 +336,9 @@ def test_a_loss_log_is_written_one_row_per_line(tmp_path):
 
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
-# The shipped folder must leave room in the working tree that a lent GPU receives (64 MiB in all).
-SHIPPED_BUDGET_BYTES = 56 * 2**20
+# The shipped folder must leave room in the working tree that a lent GPU receives (64 MiB in all, of
+# which the rest of the repository takes about 4).
+SHIPPED_BUDGET_BYTES = 60 * 2**20
 
 
 def test_the_shipped_checkpoints_match_their_manifest_and_budget():
