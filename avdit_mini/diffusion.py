@@ -52,6 +52,19 @@ def latent_object_weights(video: Tensor, boost: float, threshold: float = 1.0) -
     return weights / weights.mean(dim=(3, 4), keepdim=True)
 
 
+def latent_impact_weights(audio: Tensor, boost: float, threshold: float = 3.0) -> Tensor:
+    """Loss weights [B, 1, T] for an audio latent: 1 + ``boost`` on the impacts, mean 1 per clip.
+
+    The drone is steady, so an impact is where the latent differs from the clip's median vector
+    over time by more than ``threshold`` (unit-variance latents: about 8 of the 34 frames, the
+    impacts and the loudest of their ringing) -- the frames that carry the timbre and the pitch.
+    """
+    median = audio.median(dim=2, keepdim=True).values
+    loud = ((audio.float() - median.float()) ** 2).sum(dim=1, keepdim=True).sqrt() > threshold
+    weights = 1.0 + boost * loud.float()
+    return weights / weights.mean(dim=2, keepdim=True)
+
+
 class GridDiffusion:
     """The forward process, the loss and the samplers, all indexed by a timestep grid (chapter 7)."""
 
@@ -103,14 +116,15 @@ class GridDiffusion:
 
     # -- the loss ------------------------------------------------------------------------------
     def loss(self, model, clean: Latents, timestep_grid: Tensor, generator: torch.Generator | None = None,
-             object_boost: float = 0.0) -> tuple[Tensor, Tensor]:
+             object_boost: float = 0.0, impact_boost: float = 0.0) -> tuple[Tensor, Tensor]:
         """The MoNL loss: MSE on epsilon (or v) over the latent frames whose cell has t > 0.
 
         Each modality's error is averaged over its own noised elements and the two are added,
         so the 10x larger video latent does not drown the audio. Returns (loss, per-cell loss
         [B, M, N], NaN on t = 0 cells) -- the second is what chapter 7 plots per strategy and t.
         ``object_boost`` > 0 weighs the video latent's object positions more
-        (:func:`latent_object_weights`); 0, the default, is the plain mean.
+        (:func:`latent_object_weights`), ``impact_boost`` > 0 the audio latent's impacts
+        (:func:`latent_impact_weights`); 0, the default, is the plain mean.
         """
         noise = Latents(torch.randn(clean.video.shape, generator=generator, device=clean.video.device),
                         torch.randn(clean.audio.shape, generator=generator, device=clean.audio.device))
@@ -125,6 +139,8 @@ class GridDiffusion:
             error = (out.float() - self.target(x0, eps, t_frames).float()) ** 2
             if row == VIDEO and object_boost:
                 error = error * latent_object_weights(x0, object_boost)
+            if row != VIDEO and impact_boost:
+                error = error * latent_impact_weights(x0, impact_boost)
             frame_error = error.mean(dim=[d for d in range(error.dim()) if d not in (0, 2)])  # [B, F]
             noised = (t_frames > 0).float()  # [B, F]
             total = total + (frame_error * noised).sum() / noised.sum().clamp_min(1.0)

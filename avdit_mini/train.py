@@ -752,8 +752,9 @@ def run_avdit(args: argparse.Namespace) -> dict:
                   "steps": args.steps, "seed": args.seed, "weights": args.weights, "init": args.init}
     if args.clean_probability:  # left out at 0, so the configs of runs made before the flag still match
         run_config["clean_probability"] = args.clean_probability
-    if args.object_boost:  # likewise
-        run_config["object_boost"] = args.object_boost
+    for flag in ("object_boost", "impact_boost"):  # likewise
+        if getattr(args, flag):
+            run_config[flag] = getattr(args, flag)
     start, loss_log = 0, []
     state_path = checkpoints.checkpoint_paths(stem)["state"]
     if args.resume and state_path.exists():
@@ -814,7 +815,7 @@ def run_avdit(args: argparse.Namespace) -> dict:
         clean = Latents(latents["video"][index].to(device), latents["audio"][index].to(device))
         with autocast:
             loss, per_cell = diffusion.loss(trained, clean, grid.to(device), generator=None if device.type == "cuda" else generator,
-                                            object_boost=args.object_boost)
+                                            object_boost=args.object_boost, impact_boost=args.impact_boost)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -863,6 +864,9 @@ def add_avdit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--object-boost", type=float, default=0.0,
                         help="weigh the video latent's object positions 1 + B times the background's in the loss "
                              "(diffusion.latent_object_weights; 0: the plain mean)")
+    parser.add_argument("--impact-boost", type=float, default=0.0,
+                        help="weigh the audio latent's impact frames 1 + B times the rest in the loss "
+                             "(diffusion.latent_impact_weights; 0: the plain mean)")
     parser.add_argument("--preset", default=None, help="tiny | small | base (default: the profile's)")
     parser.add_argument("--schedule", default="cosine")
     parser.add_argument("--prediction", default="epsilon", choices=["epsilon", "v"])

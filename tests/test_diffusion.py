@@ -161,3 +161,25 @@ def test_object_boost_moves_the_loss_and_zero_is_the_plain_loss():
     assert torch.equal(plain[0], loss(object_boost=0.0)[0])
     assert not torch.allclose(plain[0], boosted[0])
     assert torch.equal(plain[1][:, 1].nan_to_num(), boosted[1][:, 1].nan_to_num())  # the audio's cells are untouched
+
+
+def test_latent_impact_weights_find_the_impact_and_keep_the_scale():
+    from avdit_mini.diffusion import latent_impact_weights
+
+    audio = torch.zeros(2, 8, 34) + torch.randn(2, 8, 1)    # a steady drone per clip ...
+    audio[0, :, 10] += 4.0                                    # ... and one impact in clip 0
+    weights = latent_impact_weights(audio, boost=4.0)
+    assert weights.shape == (2, 1, 34)
+    assert torch.allclose(weights.mean(dim=2), torch.ones(2, 1))
+    assert weights[0, 0, 10] == 5 * weights[0, 0, 0]
+    assert torch.equal(weights[1], torch.ones_like(weights[1]))
+
+
+def test_impact_boost_moves_only_the_audio_loss():
+    diffusion, model, clean = GridDiffusion(), random_model(), clean_latents()
+    clean.audio[:, :, 5] += 6.0                                 # an impact to weigh
+    grid = sample_timestep_grid(2, "monl", generator=torch.Generator().manual_seed(3))
+    loss = lambda **kw: diffusion.loss(model, clean, grid, generator=torch.Generator().manual_seed(0), **kw)  # noqa: E731
+    plain, boosted = loss(), loss(impact_boost=8.0)
+    assert not torch.allclose(plain[0], boosted[0])
+    assert torch.equal(plain[1][:, 0].nan_to_num(), boosted[1][:, 0].nan_to_num())  # the video's cells are untouched

@@ -135,8 +135,9 @@ def test_clean_probability_trains_and_is_recorded(workspace):
 
 def test_object_boost_trains_and_is_recorded(workspace):
     folder, latents = workspace
-    log = train(folder, latents, folder / "avdit_object", "--steps", "2", "--object-boost", "4")["loss_log"]
+    log = train(folder, latents, folder / "avdit_object", "--steps", "2", "--object-boost", "4", "--impact-boost", "2")["loss_log"]
     plain = train(folder, latents, folder / "avdit_plain", "--steps", "2")["loss_log"]
     assert log[0]["loss"] != plain[0]["loss"]  # the flag reaches the loss
-    assert json.loads((folder / "avdit_object.json").read_text())["run"]["object_boost"] == 4.0
+    run = json.loads((folder / "avdit_object.json").read_text())["run"]
+    assert (run["object_boost"], run["impact_boost"]) == (4.0, 2.0)
     assert "object_boost" not in json.loads((folder / "avdit_plain.json").read_text())["run"]
