@@ -37,6 +37,15 @@ def _frame_mask(frames: Tensor, x: Tensor) -> Tensor:
     return frames.reshape(x.shape[0], 1, x.shape[2], *([1] * (x.dim() - 3)))
 
 
+def _weights_off_the_median(x: Tensor, dims: tuple[int, ...], boost: float, threshold: float) -> Tensor:
+    """1 + ``boost`` where ``x`` is more than ``threshold`` (over its channels) from its median over ``dims``,
+    normalised to mean 1 over ``dims``: the shared rule of the two weightings below."""
+    median = x.flatten(dims[0]).median(dim=dims[0]).values.reshape(*x.shape[:dims[0]], *[1] * len(dims))
+    far = ((x.float() - median.float()) ** 2).sum(dim=1, keepdim=True).sqrt() > threshold
+    weights = 1.0 + boost * far.float()
+    return weights / weights.mean(dim=dims, keepdim=True)
+
+
 def latent_object_weights(video: Tensor, boost: float, threshold: float = 1.0) -> Tensor:
     """Loss weights [B, 1, F, h, w] for a video latent: 1 + ``boost`` where the object is, mean 1 per frame.
 
@@ -44,12 +53,9 @@ def latent_object_weights(video: Tensor, boost: float, threshold: float = 1.0) -
     object is where the latent differs from the frame's (per-channel) median by more than
     ``threshold`` (in the scaled, unit-variance latents: about 13 of the 64 positions of a latent
     frame, which covers 4 video frames of motion). Normalised to mean 1 in every frame, the weights
-    move the loss towards the object without changing its scale (chapter 7, exercise).
+    move the loss towards the object without changing its scale (chapter 7).
     """
-    median = video.flatten(3).median(dim=3).values[..., None, None]
-    far = ((video.float() - median.float()) ** 2).sum(dim=1, keepdim=True).sqrt() > threshold
-    weights = 1.0 + boost * far.float()
-    return weights / weights.mean(dim=(3, 4), keepdim=True)
+    return _weights_off_the_median(video, (3, 4), boost, threshold)
 
 
 def latent_impact_weights(audio: Tensor, boost: float, threshold: float = 3.0) -> Tensor:
@@ -59,10 +65,7 @@ def latent_impact_weights(audio: Tensor, boost: float, threshold: float = 3.0) -
     over time by more than ``threshold`` (unit-variance latents: about 8 of the 34 frames, the
     impacts and the loudest of their ringing) -- the frames that carry the timbre and the pitch.
     """
-    median = audio.median(dim=2, keepdim=True).values
-    loud = ((audio.float() - median.float()) ** 2).sum(dim=1, keepdim=True).sqrt() > threshold
-    weights = 1.0 + boost * loud.float()
-    return weights / weights.mean(dim=2, keepdim=True)
+    return _weights_off_the_median(audio, (2,), boost, threshold)
 
 
 class GridDiffusion:

@@ -750,11 +750,9 @@ def run_avdit(args: argparse.Namespace) -> dict:
     run_config = {"kind": "avdit", "strategy": args.strategy, "preset": args.preset, "schedule": args.schedule,
                   "prediction": args.prediction, "clips": args.clips, "batch_size": args.batch_size, "lr": args.lr,
                   "steps": args.steps, "seed": args.seed, "weights": args.weights, "init": args.init}
-    if args.clean_probability:  # left out at 0, so the configs of runs made before the flag still match
-        run_config["clean_probability"] = args.clean_probability
-    for flag in ("object_boost", "impact_boost"):  # likewise
-        if getattr(args, flag):
-            run_config[flag] = getattr(args, flag)
+    # left out at 0, so the configs of runs made before these flags still match
+    run_config.update({k: v for k, v in (("clean_probability", args.clean_probability),
+                                         ("object_boost", args.object_boost), ("impact_boost", args.impact_boost)) if v})
     start, loss_log = 0, []
     state_path = checkpoints.checkpoint_paths(stem)["state"]
     if args.resume and state_path.exists():
