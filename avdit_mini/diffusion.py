@@ -119,7 +119,8 @@ class GridDiffusion:
 
     # -- the loss ------------------------------------------------------------------------------
     def loss(self, model, clean: Latents, timestep_grid: Tensor, generator: torch.Generator | None = None,
-             object_boost: float = 0.0, impact_boost: float = 0.0) -> tuple[Tensor, Tensor]:
+             object_boost: float = 0.0, impact_boost: float = 0.0, reader=None,
+             perceptual_weight: float = 0.0) -> tuple[Tensor, Tensor]:
         """The MoNL loss: MSE on epsilon (or v) over the latent frames whose cell has t > 0.
 
         Each modality's error is averaged over its own noised elements and the two are added,
@@ -127,7 +128,10 @@ class GridDiffusion:
         [B, M, N], NaN on t = 0 cells) -- the second is what chapter 7 plots per strategy and t.
         ``object_boost`` > 0 weighs the video latent's object positions more
         (:func:`latent_object_weights`), ``impact_boost`` > 0 the audio latent's impacts
-        (:func:`latent_impact_weights`); 0, the default, is the plain mean.
+        (:func:`latent_impact_weights`); 0, the default, is the plain mean. ``reader`` (a frozen
+        :class:`~avdit_mini.perceptual.LatentReader`) with ``perceptual_weight`` > 0 adds the weighted
+        squared difference of its features of the estimated and the true clean video latent
+        (:func:`~avdit_mini.perceptual.perceptual_error`), over the noised latent frames.
         """
         noise = Latents(torch.randn(clean.video.shape, generator=generator, device=clean.video.device),
                         torch.randn(clean.audio.shape, generator=generator, device=clean.audio.device))
@@ -146,6 +150,13 @@ class GridDiffusion:
                 error = error * latent_impact_weights(x0, impact_boost)
             frame_error = error.mean(dim=[d for d in range(error.dim()) if d not in (0, 2)])  # [B, F]
             noised = (t_frames > 0).float()  # [B, F]
+            if row == VIDEO and reader is not None and perceptual_weight:
+                from .perceptual import perceptual_error
+
+                _, estimate = self.to_eps_x0(out.float(), noisy.video, t_frames)
+                alpha_bar = self.schedule.alpha_bar.to(x0.device)[t_frames]  # [B, F]
+                seen = perceptual_error(reader, estimate, x0.float(), alpha_bar)  # [B, F]
+                total = total + perceptual_weight * (seen * noised).sum() / noised.sum().clamp_min(1.0)
             total = total + (frame_error * noised).sum() / noised.sum().clamp_min(1.0)
             segment = (self.frame_segments(row)).to(frame_error.device)  # [F]
             for n in range(timestep_grid.shape[2]):

@@ -752,7 +752,14 @@ def run_avdit(args: argparse.Namespace) -> dict:
                   "steps": args.steps, "seed": args.seed, "weights": args.weights, "init": args.init}
     # left out at 0, so the configs of runs made before these flags still match
     run_config.update({k: v for k, v in (("clean_probability", args.clean_probability),
-                                         ("object_boost", args.object_boost), ("impact_boost", args.impact_boost)) if v})
+                                         ("object_boost", args.object_boost), ("impact_boost", args.impact_boost),
+                                         ("perceptual_weight", args.perceptual_weight)) if v})
+    reader = None
+    if args.perceptual_weight:
+        from .perceptual import load_reader
+
+        reader = load_reader(args.perceptual_reader).to(device)
+        run_config["perceptual_reader"] = args.perceptual_reader
     start, loss_log = 0, []
     state_path = checkpoints.checkpoint_paths(stem)["state"]
     if args.resume and state_path.exists():
@@ -813,7 +820,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
         clean = Latents(latents["video"][index].to(device), latents["audio"][index].to(device))
         with autocast:
             loss, per_cell = diffusion.loss(trained, clean, grid.to(device), generator=None if device.type == "cuda" else generator,
-                                            object_boost=args.object_boost, impact_boost=args.impact_boost)
+                                            object_boost=args.object_boost, impact_boost=args.impact_boost,
+                                            reader=reader, perceptual_weight=args.perceptual_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -865,6 +873,11 @@ def add_avdit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--impact-boost", type=float, default=0.0,
                         help="weigh the audio latent's impact frames 1 + B times the rest in the loss "
                              "(diffusion.latent_impact_weights; 0: the plain mean)")
+    parser.add_argument("--perceptual-weight", type=float, default=0.0,
+                        help="add W x the latent reader's feature difference of the estimated and true clean video "
+                             "latent to the loss (perceptual.perceptual_error; 0: off)")
+    parser.add_argument("--perceptual-reader", default="data/checkpoints/latent_reader",
+                        help="the frozen reader the perceptual loss uses (benchmarks/train_latent_reader.py makes it)")
     parser.add_argument("--preset", default=None, help="tiny | small | base (default: the profile's)")
     parser.add_argument("--schedule", default="cosine")
     parser.add_argument("--prediction", default="epsilon", choices=["epsilon", "v"])
