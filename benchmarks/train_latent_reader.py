@@ -11,13 +11,16 @@ size and colour from the unit-variance video latent, and reports its accuracy on
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import torch
 
+from avdit_mini.checkpoints import checkpoint_paths, update_manifest
 from avdit_mini.data import COLOURS, SHAPES, SIZES, WorldDataset, collate
 from avdit_mini.perceptual import factor_labels, fit_reader, reader_accuracy, save_reader
-from avdit_mini.pipeline import load_pipeline
+from avdit_mini.pipeline import CHECKPOINTS, load_pipeline
 
 CLASSES = {"shape": list(SHAPES), "radius": list(SIZES), "colour": list(COLOURS)}
 
@@ -50,10 +53,15 @@ def main() -> None:
     reader = fit_reader(video, factor_labels(factors, CLASSES), steps=args.steps, progress=True)
     accuracy = reader_accuracy(reader, val_video, factor_labels(val_factors, CLASSES))
     print("held-out accuracy:", {k: round(v, 3) for k, v in accuracy.items()})
+    command = "python benchmarks/train_latent_reader.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "threads")
     save_reader(reader, args.out, {"val_accuracy": accuracy, "train_clips": args.clips, "steps": args.steps,
-                                   "pipeline": args.pipeline, "seconds": round(time.time() - began, 1),
-                                   "command": "python benchmarks/train_latent_reader.py " + " ".join(
-                                       f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "threads")})
+                                   "pipeline": args.pipeline, "seconds": round(time.time() - began, 1), "command": command})
+    out = Path(args.out)
+    if out.parent.resolve() == CHECKPOINTS.resolve():  # a shipped reader: list it in the MANIFEST
+        paths = checkpoint_paths(out)
+        update_manifest(CHECKPOINTS, out.name, [paths["weights"], paths["meta"]], command,
+                        metrics={"val_accuracy": accuracy}, config=json.loads(paths["meta"].read_text())["config"])
 
 
 if __name__ == "__main__":
