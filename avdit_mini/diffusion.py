@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .config import Geometry
 from .latents import VIDEO, audio_segment_of_latent_frame, expand_grid, video_segment_of_latent_frame
+from .perceptual import perceptual_error
 from .schedules import NoiseSchedule
 
 PREDICTIONS = ("epsilon", "v")
@@ -151,8 +152,6 @@ class GridDiffusion:
             frame_error = error.mean(dim=[d for d in range(error.dim()) if d not in (0, 2)])  # [B, F]
             noised = (t_frames > 0).float()  # [B, F]
             if row == VIDEO and reader is not None and perceptual_weight:
-                from .perceptual import perceptual_error
-
                 _, estimate = self.to_eps_x0(out.float(), noisy.video, t_frames)
                 alpha_bar = self.schedule.alpha_bar.to(x0.device)[t_frames]  # [B, F]
                 seen = perceptual_error(reader, estimate, x0.float(), alpha_bar)  # [B, F]

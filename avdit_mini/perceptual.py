@@ -25,9 +25,6 @@ from torch import Tensor, nn
 
 from . import checkpoints
 
-FACTORS = ("shape", "size", "colour")
-
-
 class LatentReader(nn.Module):
     """Chapter 3's reader, with one head per factor: [B, C, F, h, w] unit-variance video latents -> features and logits."""
 
@@ -52,6 +49,7 @@ class LatentReader(nn.Module):
 
 
 def factor_labels(factors: list[dict], classes: dict[str, list]) -> dict[str, Tensor]:
+    """Each factor's class index per clip, {factor: [N]}, from the world's factor dicts and each factor's values."""
     return {k: torch.tensor([values.index(f[k]) for f in factors]) for k, values in classes.items()}
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from avdit_mini.data import COLOURS, SHAPES, SIZES
+from avdit_mini.perceptual import factor_labels
 from avdit_mini.pipeline import load_pipeline
 from avdit_mini.schedules import NoiseSchedule
 from train_latent_reader import encode_video  # benchmarks/, beside this script
@@ -73,7 +74,7 @@ def main() -> None:
     began = time.time()
     pipeline = load_pipeline(args.pipeline)
     video, factors = encode_video(pipeline, "train", args.clips)
-    labels = {k: torch.tensor([v.index(f[k]) for f in factors]) for k, v in CLASSES.items()}
+    labels = factor_labels(factors, CLASSES)
     frames = []
     for latent_frame in range(video.shape[2]):
         x, _ = object_neighbourhoods(video, factors, latent_frame)
