@@ -212,6 +212,19 @@ class World:
             audio[start:end] += loudness * sound[: end - start]
         return np.clip(audio, -1.0, 1.0).astype(np.float32)
 
+    def redraw(self, factors: dict, shape: str) -> torch.Tensor:
+        """The clip of ``factors`` drawn with another ``shape`` on its own path: video [3, T, H, W] (chapter 3).
+
+        Same trajectory, size, colour and background; only the shape changes (the path was
+        simulated for the clip's own shape, so a redrawn object may graze a wall a little differently).
+        """
+        if shape not in SHAPES:
+            raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+        if "trajectory" not in factors:
+            raise ValueError("factors need the clip's 'trajectory': pass World().clip(seed).factors")
+        frames = self.render({**factors, "shape": shape}, factors["trajectory"].numpy())
+        return torch.from_numpy(frames).permute(3, 0, 1, 2).contiguous()
+
     # -- the public entry point ----------------------------------------------------------------
     def clip(self, seed: int) -> Clip:
         """The clip of ``seed``: video [3, 17, 64, 64] in [0, 1], audio [34000] in [-1, 1], factors."""

@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=200)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=1.0)
+    parser.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM's noise (ddpm is eta = 1)")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--tasks", nargs="*", default=list(TASKS))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -36,13 +38,18 @@ def main() -> None:
                         help="how decoded log-mels become waveforms (auto: the shipped post-net if there is one)")
     parser.add_argument("--out", default=None, help="result file (default: benchmarks/results/tasks_<name>.json)")
     args = parser.parse_args()
+    if args.sampler == "ddpm" and args.eta not in (0.0, 1.0):
+        parser.error("--sampler ddpm is eta = 1; to sample with another eta, use --sampler ddim --eta E")
+    if args.sampler == "ddpm":
+        args.eta = 1.0
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipeline = load_pipeline(args.name, device=device, vocoder=args.vocoder)
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"tasks_{args.name}.json"
     result = {"pipeline": args.name, "trained_steps": pipeline.meta.get("step"),
               "warm_started_from": pipeline.meta.get("run", {}).get("init"), "clips": args.clips,
-              "steps": args.steps, "guidance": args.guidance, "device": device, "machine": platform.processor(),
+              "steps": args.steps, "guidance": args.guidance, "sampler": args.sampler,
+              "eta": args.eta, "device": device, "machine": platform.processor(),
               "threads": args.threads,
               # which autoencoders decoded the generations (their sha256 in data/checkpoints/MANIFEST.json)
               "autoencoders": {name: checkpoints.sha256(CHECKPOINTS / f"{name}.safetensors")[:12]
@@ -50,10 +57,12 @@ def main() -> None:
               # how decoded log-mels became waveforms: the trained post-net + Griffin-Lim, or Griffin-Lim alone
               "vocoder": vocoder_name(pipeline.audio_ae),
               "tasks": {}}
-    settings = ("pipeline", "trained_steps", "clips", "steps", "guidance", "autoencoders", "vocoder")
+    settings = ("pipeline", "trained_steps", "clips", "steps", "guidance", "sampler", "eta", "autoencoders", "vocoder")
     if out.exists():  # re-measuring some tasks keeps the others, if they were measured the same way
         earlier = json.loads(out.read_text())
         earlier.setdefault("vocoder", "griffin-lim")  # results from before the post-net
+        earlier.setdefault("sampler", "ddim")  # results from before the sampler was a flag
+        earlier.setdefault("eta", 0.0)
         if all(earlier.get(k) == result[k] for k in settings):
             result["tasks"] = {k: v for k, v in earlier.get("tasks", {}).items() if k not in args.tasks}
         else:
@@ -61,7 +70,7 @@ def main() -> None:
     for task in args.tasks:
         began = time.perf_counter()
         result["tasks"][task] = evaluate_task(pipeline, task, args.clips, steps=args.steps, guidance=args.guidance,
-                                              batch_size=args.batch_size)
+                                              batch_size=args.batch_size, sampler=args.sampler, eta=args.eta)
         result["tasks"][task]["seconds"] = time.perf_counter() - began
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))  # after every task: nothing lost if interrupted

@@ -101,3 +101,23 @@ def test_the_first_floor_impact_solves_the_ballistic_equation(world):
     t = (-vy + math.sqrt(vy * vy + 2 * 300.0 * (64 - bottom - y0))) / 300.0
     first_floor = next(t for t, s in zip(f["impact_times"], f["impact_surfaces"]) if s == "floor")
     assert abs(t - first_floor) < 1e-9
+
+
+def test_redraw_changes_the_shape_and_nothing_else(world):
+    clip = world.clip(7)
+    own = clip.factors["shape"]
+    assert torch.equal(world.redraw(clip.factors, own), clip.video)      # its own shape: the clip itself
+    from avdit_mini import probes
+    for other in SHAPES:
+        if other == own:
+            continue
+        video = world.redraw(clip.factors, other)
+        seen = probes.measure_video(video)
+        assert seen["shape"] == other
+        assert seen["colour"] == clip.factors["colour"] and seen["background"] == clip.factors["background"]
+        path = seen["trajectory"].numpy()
+        assert np.nanmax(np.abs(path - clip.factors["trajectory"].numpy())) < 1.0   # the same path
+    with pytest.raises(ValueError, match="unknown shape"):
+        world.redraw(clip.factors, "hexagon")
+    with pytest.raises(ValueError, match="trajectory"):
+        world.redraw(world.sample_factors(7), "circle")

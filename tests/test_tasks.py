@@ -81,3 +81,28 @@ def test_pipeline_save_and_load_round_trip(tmp_path, pipeline, clip):
     assert torch.allclose(a.latents.video, b.latents.video, atol=1e-5)
     with pytest.raises(FileNotFoundError, match="train it with"):
         load_pipeline("missing", folder=tmp_path)
+
+
+def test_evaluate_task_passes_its_sampler_on(pipeline, monkeypatch):
+    """bench_tasks.py --sampler / --eta reach the sampler: with the same seed, DDPM's fresh noise changes the clips."""
+    import avdit_mini.metrics as metrics
+
+    seen, videos = [], []
+    real = metrics.generate
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["sampler"], kwargs["eta"]))
+        out = real(*args, **kwargs)
+        videos.append(out.video)
+        return out
+
+    monkeypatch.setattr(metrics, "generate", spy)
+    metrics.evaluate_task(pipeline, "continue_2", 2, steps=2, batch_size=2, progress=False)
+    metrics.evaluate_task(pipeline, "continue_2", 2, steps=2, batch_size=2, progress=False)
+    ddpm = metrics.evaluate_task(pipeline, "continue_2", 2, steps=2, batch_size=2, progress=False, sampler="ddpm", eta=1.0)
+    assert seen == [("ddim", 0.0), ("ddim", 0.0), ("ddpm", 1.0)]
+    assert torch.equal(videos[0], videos[1])            # DDIM with eta 0 is deterministic
+    assert not torch.equal(videos[0], videos[2])        # DDPM's fresh noise gives other clips from the same seed
+    assert ddpm["sampler"] == "ddpm" and ddpm["eta"] == 1.0
+    with pytest.raises(ValueError, match="unknown sampler"):
+        metrics.evaluate_task(pipeline, "continue_2", 1, steps=2, progress=False, sampler="euler")
