@@ -87,36 +87,38 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     began = time.time()
-    pipeline = load_pipeline(args.model, vocoder="griffin-lim").eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipeline = load_pipeline(args.model, device=device, vocoder="griffin-lim").eval()
     dataset = WorldDataset(args.clips, "test")
     items = [dataset[i] for i in range(args.clips)]
     batch = collate(items)
-    no_audio = torch.zeros(len(SHAPES), pipeline.scaler.audio_mean.numel(), 1)
+    no_audio = torch.zeros(len(SHAPES), pipeline.scaler.audio_mean.numel(), 1, device=device)
     with torch.no_grad():
         clean = pipeline.encode(batch["video"], batch["audio"])
         drawn = torch.stack([pipeline.scaler.scale(pipeline.video_ae.encode(torch.stack(
-            [dataset.world.redraw(item["factors"], s) for s in SHAPES])), no_audio)[0] for item in items])
+            [dataset.world.redraw(item["factors"], s) for s in SHAPES]).to(device)), no_audio)[0].cpu() for item in items])
     truth = torch.tensor([SHAPES.index(item["factors"]["shape"]) for item in items])
     trajectories = torch.stack([item["factors"]["trajectory"] for item in items])
     frame_segment = video_segment_of_latent_frame(pipeline.geometry)
     generator = torch.Generator().manual_seed(0)
-    noise = Latents(torch.randn(clean.video.shape, generator=generator), torch.randn(clean.audio.shape, generator=generator))
+    noise = Latents(torch.randn(clean.video.shape, generator=generator).to(device),
+                    torch.randn(clean.audio.shape, generator=generator).to(device))
     result = {"model": args.model, "trained_steps": pipeline.meta.get("step"), "clips": args.clips, "split": "test",
               "video_ae": checkpoints.sha256(CHECKPOINTS / "video_ae.safetensors")[:12], "steps_t": list(STEPS_T),
               "tasks": {}}
     for task in args.tasks:
         task_pattern = resolve_task(task, pipeline.geometry.segments)
         frames = [f for f in range(len(frame_segment)) if not task_pattern[0, frame_segment[f]]]
-        rows = {"generated_latent_frames": frames, "clean": summarise(clean.video, drawn, trajectories, truth, frames),
+        rows = {"generated_latent_frames": frames, "clean": summarise(clean.video.cpu(), drawn, trajectories, truth, frames),
                 "guess": [], "noisy_input": []}
         for t in STEPS_T:
-            grid = torch.where(task_pattern, 0, t).long().expand(args.clips, -1, -1)
+            grid = torch.where(task_pattern, 0, t).long().expand(args.clips, -1, -1).to(device)
             with torch.no_grad():
                 noisy = pipeline.diffusion.q_sample(clean, grid, noise)
                 _, x0 = pipeline.diffusion.predict(pipeline.avdit, noisy, grid)
             rescaled = noisy.video * float(pipeline.diffusion.schedule.alpha_bar[t]) ** -0.5
-            rows["guess"].append(summarise(x0.video, drawn, trajectories, truth, frames))
-            rows["noisy_input"].append(summarise(rescaled, drawn, trajectories, truth, frames))
+            rows["guess"].append(summarise(x0.video.cpu(), drawn, trajectories, truth, frames))
+            rows["noisy_input"].append(summarise(rescaled.cpu(), drawn, trajectories, truth, frames))
             print(task, t, json.dumps(rows["guess"][-1]), flush=True)
         result["tasks"][task] = rows
     result["seconds"] = round(time.time() - began, 1)

@@ -3,8 +3,10 @@
 #   1. encode CLIPS training clips once (CPU workers make the clips, the GPU encodes them; cached);
 #   2. side by side on the one GPU, both from scratch, the same data, seed, batch, learning rate and
 #      STEPS: the MoNL AVDiT `base` (32.5 M parameters, the gpu profile's) and `small` (1.9 M, the shipped one's);
-#   3. every task of chapter 8 on 200 held-out clips for each (bench_tasks.py), and chapter 3's shape
-#      reader on the latents each generates (bench_shape.py).
+#   3. every task of chapter 8 on 200 held-out clips for each (bench_tasks.py), chapter 3's shape
+#      reader on the latents each generates (bench_shape.py), and each one-step guess read without a
+#      reader, as a mixture of the clip drawn with each shape (bench_shape_belief.py; a reader can be fooled).
+# TRAIN_ARGS adds training flags, e.g. TRAIN_ARGS="--object-boost 4" (chapter 7's object weighting).
 # Results land in $OUT: the two runs' metadata (config, loss log), the small run's weights, the task
 # and shape results, and one log. The base weights (65 MB in bf16) are not brought back: too large for
 # the repository; the command below makes them again.
@@ -30,6 +32,7 @@ PRESETS=${PRESETS:-base small}
 EVAL=${EVAL:-1}
 SPLIT_BASE=${SPLIT_BASE:-0}
 TAG=${TAG:-scratch}
+TRAIN_ARGS=${TRAIN_ARGS:-}
 source benchmarks/gpu_common.sh
 collect() {  # whatever has been made so far, into $OUT (also when the call is cut short)
   for f in avdit_base_$TAG.json avdit_small_$TAG.json avdit_small_$TAG.safetensors; do
@@ -57,13 +60,15 @@ train() {  # preset
   timeout "$(awk "BEGIN { print int($TRAIN_MIN * 60 + 90) }")" $PY -m avdit_mini.train avdit --strategy monl --profile gpu --preset "$1" --prediction v \
     --clips "$CLIPS" --steps "$STEPS" --batch-size "$BATCH" --lr "$LR" --warmup 300 --seed 0 \
     --out "data/checkpoints/avdit_$1_$TAG" --max-minutes "$TRAIN_MIN" --save-every-seconds 60 --threads 2 --no-manifest \
-    >"$WORK/train_$1.log" 2>&1
+    $TRAIN_ARGS >"$WORK/train_$1.log" 2>&1
 }
 evaluate() {  # preset
   timeout 240 $PY benchmarks/bench_tasks.py --name "$1_$TAG" --clips "$EVAL_CLIPS" --batch-size "$EVAL_CLIPS" --threads 4 \
     --out "$OUT/tasks_$1_$TAG.json" >"$WORK/tasks_$1.log" 2>&1
+  timeout 120 $PY benchmarks/bench_shape_belief.py --model "$1_$TAG" --clips "$EVAL_CLIPS" --threads 2 \
+    --out "$OUT/shape_belief_$1_$TAG.json" >"$WORK/belief_$1.log" 2>&1
 }
-stamp "training $PRESETS side by side: $STEPS steps of $BATCH at lr $LR, at most $TRAIN_MIN min each"
+stamp "training $PRESETS side by side: $STEPS steps of $BATCH at lr $LR, at most $TRAIN_MIN min each ${TRAIN_ARGS:+($TRAIN_ARGS)}"
 pids=()
 for preset in $PRESETS; do train "$preset" & pids+=($!); done
 for pid in "${pids[@]}"; do wait "$pid"; stamp "a training run finished: exit $?"; done
