@@ -62,15 +62,20 @@ def summarise(x: torch.Tensor, drawn: torch.Tensor, trajectories: torch.Tensor, 
         per_frame = []
         for f in frames:
             a = object_window(drawn[i], trajectories[i], f)          # [3, D]
+            if float(torch.pdist(a).min()) < 1e-3:                   # two drawings alike here (object out of view): no mixture to solve
+                continue
             w, residual = mixture_weights(a, object_window(x[i], trajectories[i], f))
             per_frame.append(w)
             off.append(residual)
             pair.append(float(torch.pdist(a).min()))
-        weights.append(torch.stack(per_frame).mean(0))
+        weights.append(torch.stack(per_frame).mean(0) if per_frame else torch.full((3,), float("nan")))
     weights = torch.stack(weights)                                  # [N, 3]
-    on_truth = weights[torch.arange(len(x)), truth]
+    seen = ~weights.isnan().any(1)                                  # clips with at least one window to read
+    weights, truth = weights[seen], truth[seen]
+    on_truth = weights[torch.arange(len(weights)), truth]
     return {"weight_on_truth": round(float(on_truth.mean()), 4),
             "largest_weight_on_truth": round(float((weights.argmax(1) == truth).float().mean()), 4),
+            "clips_read": int(seen.sum()),
             "weights_by_true_shape": {s: [round(float(v), 3) for v in weights[truth == k].mean(0)]
                                       for k, s in enumerate(SHAPES) if (truth == k).any()},
             "off_plane": round(float(torch.tensor(off).median()), 3), "closest_drawings": round(float(torch.tensor(pair).median()), 3)}

@@ -6,7 +6,8 @@
 #   3. every task of chapter 8 on 200 held-out clips for each (bench_tasks.py), chapter 3's shape
 #      reader on the latents each generates (bench_shape.py), and each one-step guess read without a
 #      reader, as a mixture of the clip drawn with each shape (bench_shape_belief.py; a reader can be fooled).
-# TRAIN_ARGS adds training flags, e.g. TRAIN_ARGS="--object-boost 4" (chapter 7's object weighting).
+# TRAIN_ARGS adds training flags, e.g. TRAIN_ARGS="--object-boost 4" TAG=object4 (chapter 7's object weighting;
+# set TAG too, or the run overwrites the *_scratch checkpoints and results).
 # Results land in $OUT: the two runs' metadata (config, loss log), the small run's weights, the task
 # and shape results, and one log. The base weights (65 MB in bf16) are not brought back: too large for
 # the repository; the command below makes them again.
