@@ -187,6 +187,18 @@ class GridDiffusion:
         return Latents(eps_v, eps_a), Latents(x0_v, x0_a)
 
     @torch.no_grad()
+    def one_step_guess(self, model, clean: Latents, condition_mask: Tensor, t: int,
+                       noise: Latents) -> tuple[Latents, Latents]:
+        """Noise the target cells of ``clean`` to step ``t`` (condition cells stay clean) and ask once (chapter 8).
+
+        ``condition_mask`` [M, N] is a task's pattern (True = condition). Returns the noisy input and
+        the network's guess of the clean latents, x0_hat: what the model knows at that noise level.
+        """
+        grid = torch.where(condition_mask.bool().to(clean.video.device), 0, t).long().expand(clean.video.shape[0], -1, -1)
+        noisy = self.q_sample(clean, grid, noise)
+        return noisy, self.predict(model, noisy, grid)[1]
+
+    @torch.no_grad()
     def sample(
         self,
         model,

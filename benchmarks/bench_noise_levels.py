@@ -121,10 +121,7 @@ def main() -> None:
         frames = [f for f in range(len(frame_segment)) if not task_pattern[0, frame_segment[f]]]
         rows = {f"{m}_{f}": {"true": read(clean, m, f, frames), "x0_prediction": [], "noisy_input": []} for m, f in pairs}
         for t in STEPS_T:
-            grid = torch.where(task_pattern, 0, t).long().expand(args.clips, -1, -1)
-            with torch.no_grad():
-                noisy = pipeline.diffusion.q_sample(clean, grid, noise)
-                _, x0 = pipeline.diffusion.predict(pipeline.avdit, noisy, grid)
+            noisy, x0 = pipeline.diffusion.one_step_guess(pipeline.avdit, clean, task_pattern, t, noise)
             scale = float(pipeline.diffusion.schedule.alpha_bar[t]) ** -0.5
             rescaled = Latents(noisy.video * scale, noisy.audio * scale)
             for m, f in pairs:

@@ -62,12 +62,13 @@ def summarise(x: torch.Tensor, drawn: torch.Tensor, trajectories: torch.Tensor, 
         per_frame = []
         for f in frames:
             a = object_window(drawn[i], trajectories[i], f)          # [3, D]
-            if float(torch.pdist(a).min()) < 1e-3:                   # two drawings alike here (object out of view): no mixture to solve
+            closest = float(torch.pdist(a).min())
+            if closest < 1e-3:                                       # two drawings alike here (object out of view): no mixture to solve
                 continue
             w, residual = mixture_weights(a, object_window(x[i], trajectories[i], f))
             per_frame.append(w)
             off.append(residual)
-            pair.append(float(torch.pdist(a).min()))
+            pair.append(closest)
         weights.append(torch.stack(per_frame).mean(0) if per_frame else torch.full((3,), float("nan")))
     weights = torch.stack(weights)                                  # [N, 3]
     seen = ~weights.isnan().any(1)                                  # clips with at least one window to read
@@ -100,8 +101,9 @@ def main() -> None:
     no_audio = torch.zeros(len(SHAPES), pipeline.scaler.audio_mean.numel(), 1, device=device)
     with torch.no_grad():
         clean = pipeline.encode(batch["video"], batch["audio"])
-        drawn = torch.stack([pipeline.scaler.scale(pipeline.video_ae.encode(torch.stack(
-            [dataset.world.redraw(item["factors"], s) for s in SHAPES]).to(device)), no_audio)[0].cpu() for item in items])
+        drawn = torch.stack([pipeline.scaler.scale(pipeline.video_ae.encode(torch.stack(   # the clip itself for its own shape
+            [item["video"] if s == item["factors"]["shape"] else dataset.world.redraw(item["factors"], s) for s in SHAPES])
+            .to(device)), no_audio)[0].cpu() for item in items])
     truth = torch.tensor([SHAPES.index(item["factors"]["shape"]) for item in items])
     trajectories = torch.stack([item["factors"]["trajectory"] for item in items])
     frame_segment = video_segment_of_latent_frame(pipeline.geometry)
@@ -117,10 +119,7 @@ def main() -> None:
         rows = {"generated_latent_frames": frames, "clean": summarise(clean.video.cpu(), drawn, trajectories, truth, frames),
                 "guess": [], "noisy_input": []}
         for t in STEPS_T:
-            grid = torch.where(task_pattern, 0, t).long().expand(args.clips, -1, -1).to(device)
-            with torch.no_grad():
-                noisy = pipeline.diffusion.q_sample(clean, grid, noise)
-                _, x0 = pipeline.diffusion.predict(pipeline.avdit, noisy, grid)
+            noisy, x0 = pipeline.diffusion.one_step_guess(pipeline.avdit, clean, task_pattern, t, noise)
             rescaled = noisy.video * float(pipeline.diffusion.schedule.alpha_bar[t]) ** -0.5
             rows["guess"].append(summarise(x0.video.cpu(), drawn, trajectories, truth, frames))
             rows["noisy_input"].append(summarise(rescaled.cpu(), drawn, trajectories, truth, frames))

@@ -83,9 +83,11 @@ def main() -> None:
     push = dict.fromkeys(("reader_follows", "picture_follows", "picture_keeps_true", "before_push_true",
                           "before_push_target", "distance"), 0.0)
     for index in tqdm(range(args.clips), desc="clips"):
-        factors = dataset[index]["factors"]
+        clip = dataset[index]
+        factors = clip["factors"]
         radii.append(factors["radius"])
-        drawn = torch.stack([dataset.world.redraw(factors, s) for s in SHAPES])   # [3 shapes, 3, T, H, W]
+        drawn = torch.stack([clip["video"] if s == factors["shape"] else dataset.world.redraw(factors, s)
+                             for s in SHAPES])   # [3 shapes, 3, T, H, W]: the clip itself for its own shape
         with torch.no_grad():
             z = dict(zip(SHAPES, video_ae.encode(drawn)))
             ends = dict(zip(SHAPES, video_ae.decode(torch.stack(list(z.values()))).clamp(0, 1)))

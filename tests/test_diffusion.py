@@ -183,3 +183,18 @@ def test_impact_boost_moves_only_the_audio_loss():
     plain, boosted = loss(), loss(impact_boost=8.0)
     assert not torch.allclose(plain[0], boosted[0])
     assert torch.equal(plain[1][:, 0].nan_to_num(), boosted[1][:, 0].nan_to_num())  # the video's cells are untouched
+
+
+def test_one_step_guess_noises_the_targets_and_asks_once():
+    diffusion, model, clean = GridDiffusion(), random_model(), clean_latents()
+    mask = TASKS["continue_2"]
+    generator = torch.Generator().manual_seed(0)
+    noise = Latents(torch.randn(clean.video.shape, generator=generator), torch.randn(clean.audio.shape, generator=generator))
+    noisy, guess = diffusion.one_step_guess(model, clean, mask, 600, noise)
+    grid = torch.where(mask, 0, 600).long().expand(2, -1, -1)
+    assert torch.equal(noisy.video, diffusion.q_sample(clean, grid, noise).video)
+    with torch.no_grad():
+        expected = diffusion.predict(model, noisy, grid)[1]
+    assert torch.equal(guess.video, expected.video) and torch.equal(guess.audio, expected.audio)
+    assert torch.equal(noisy.video[:, :, :2], clean.video[:, :, :2])       # the given segments stay clean
+    assert not torch.equal(noisy.video[:, :, 2:], clean.video[:, :, 2:])   # the rest is noised
