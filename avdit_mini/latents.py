@@ -196,6 +196,13 @@ class LatentScaler(torch.nn.Module):
     Diffusion assumes data of about unit variance (the noise has it); an autoencoder's latents
     have whatever scale training left them with. The statistics are buffers, so they are stored
     in the pipeline's checkpoint with the weights.
+
+    ``high_frequency_gain`` (chapter 7, "Making the shape louder"; 1 = off) then multiplies the
+    video latent's spatial frequencies by ``1 + (gain - 1) * (2 f)^2``, where f is the larger of a
+    frequency's two components in cycles per latent cell (0 ... 0.5): the mean of a channel is
+    kept, the finest pattern the 8 x 8 grid holds is multiplied by ``gain``. What tells a square
+    from a circle lives mostly there. The map is linear and exactly invertible, so ``unscale``
+    undoes it before the decoder sees the latent.
     """
 
     def __init__(self, video_channels: int = 8, audio_channels: int = 8):
@@ -204,6 +211,7 @@ class LatentScaler(torch.nn.Module):
         self.register_buffer("video_std", torch.ones(video_channels))
         self.register_buffer("audio_mean", torch.zeros(audio_channels))
         self.register_buffer("audio_std", torch.ones(audio_channels))
+        self.register_buffer("high_frequency_gain", torch.ones(()))
 
     @torch.no_grad()
     def fit(self, video_latents: Tensor, audio_latents: Tensor) -> "LatentScaler":
@@ -216,18 +224,48 @@ class LatentScaler(torch.nn.Module):
         self.audio_std.copy_(audio.std(1).clamp_min(1e-4))
         return self
 
+    def emphasise(self, gain: float) -> "LatentScaler":
+        """Set the video latent's high-frequency gain (1 = off); see the class docstring."""
+        if not gain > 0:
+            raise ValueError(f"the high-frequency gain must be positive (1 = off), got {gain}")
+        self.high_frequency_gain.fill_(float(gain))
+        return self
+
     @staticmethod
     def _shape(stat: Tensor, x: Tensor) -> Tensor:
         return stat.reshape(1, -1, *([1] * (x.dim() - 2))).to(x.dtype)
 
+    def frequency_gains(self, height: int, width: int) -> Tensor:
+        """The gain of each spatial frequency of an [height, width] latent frame, FloatTensor [height, width]."""
+        fy = torch.fft.fftfreq(height, device=self.high_frequency_gain.device).abs()[:, None]
+        fx = torch.fft.fftfreq(width, device=self.high_frequency_gain.device).abs()[None, :]
+        return 1 + (self.high_frequency_gain - 1) * (2 * torch.maximum(fy, fx)) ** 2
+
+    def _filter(self, video_latent: Tensor, inverse: bool) -> Tensor:
+        if float(self.high_frequency_gain) == 1.0:
+            return video_latent  # off: the latents are exactly those of the per-channel scaling
+        gains = self.frequency_gains(*video_latent.shape[-2:]).to(video_latent.device)
+        spectrum = torch.fft.fft2(video_latent.float()) * (1 / gains if inverse else gains)
+        return torch.fft.ifft2(spectrum).real.to(video_latent.dtype)
+
+    def emphasised(self, video_latent: Tensor) -> Tensor:
+        """Unit-variance video latent -> with the high-frequency gain applied (identity when off)."""
+        return self._filter(video_latent, inverse=False)
+
+    def deemphasised(self, video_latent: Tensor) -> Tensor:
+        """Inverse of :meth:`emphasised`: back to the per-channel unit-variance latent."""
+        return self._filter(video_latent, inverse=True)
+
     def scale(self, video_latent: Tensor, audio_latent: Tensor) -> tuple[Tensor, Tensor]:
         """Autoencoder latents -> unit-variance latents for diffusion."""
-        return ((video_latent - self._shape(self.video_mean, video_latent)) / self._shape(self.video_std, video_latent),
+        video = (video_latent - self._shape(self.video_mean, video_latent)) / self._shape(self.video_std, video_latent)
+        return (self.emphasised(video),
                 (audio_latent - self._shape(self.audio_mean, audio_latent)) / self._shape(self.audio_std, audio_latent))
 
     def unscale(self, video_latent: Tensor, audio_latent: Tensor) -> tuple[Tensor, Tensor]:
         """Unit-variance latents -> what the autoencoders' decoders expect."""
-        return (video_latent * self._shape(self.video_std, video_latent) + self._shape(self.video_mean, video_latent),
+        video = self.deemphasised(video_latent)
+        return (video * self._shape(self.video_std, video) + self._shape(self.video_mean, video),
                 audio_latent * self._shape(self.audio_std, audio_latent) + self._shape(self.audio_mean, audio_latent))
 
 

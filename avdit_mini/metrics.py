@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import probes
-from .data import COLOURS, WorldDataset, collate
+from .data import COLOURS, SHAPES, WorldDataset, collate
 from .latents import segment_bounds
 from .tasks import generate, resolve_task
 
@@ -91,6 +91,7 @@ def score_clip(task_pattern: torch.Tensor, video: torch.Tensor, audio: torch.Ten
         identity = seen if len(frames) == video.shape[1] else probes.measure_video(video[:, frames])
         result.update(_video_checks(identity, factors))
         result["generated_colour"] = identity["colour"]
+        result["generated_shape"], result["condition_shape"] = identity["shape"], factors["shape"]
         truth = probes.resolvable_bounce_frames(factors, fps=fps)
         if task_pattern[1].all():  # audio fully given: bounces must land on its impacts
             result["bounces_matched"] = (float(np.mean([any(abs(b - p) <= 1 for p in seen["bounce_frames"]) for b in truth]))
@@ -121,7 +122,7 @@ def score_clip(task_pattern: torch.Tensor, video: torch.Tensor, audio: torch.Ten
 def summarise(rows: list[dict]) -> dict:
     """Average each measurement over clips (None = not measurable on that clip, skipped)."""
     summary: dict = {"clips": len(rows)}
-    keys = sorted({k for r in rows for k in r} - {"generated_colour", "impact_errors_s"})
+    keys = sorted({k for r in rows for k in r} - {"generated_colour", "generated_shape", "condition_shape", "impact_errors_s"})
     for key in keys:
         values = [float(r[key]) for r in rows if r.get(key) is not None]
         summary[key] = float(np.mean(values)) if values else None
@@ -135,6 +136,10 @@ def summarise(rows: list[dict]) -> dict:
         p = np.array([counts.get(c, 0) for c in COLOURS], dtype=float) / len(colours)
         summary["colour_entropy_bits"] = float(-(p[p > 0] * np.log2(p[p > 0])).sum())
         summary["colour_entropy_max_bits"] = math.log2(len(COLOURS))
+    drawn = [(r["condition_shape"], r["generated_shape"]) for r in rows if r.get("generated_shape")]
+    if drawn:  # what the probe saw drawn, by the condition clip's shape (chapter 8: "every object is round")
+        counts = Counter(drawn)
+        summary["shape_counts"] = {true: {seen: counts.get((true, seen), 0) for seen in SHAPES} for true in SHAPES}
     return summary
 
 

@@ -140,7 +140,10 @@ def _avdit_config(values: dict) -> AVDiTConfig:
 def load_pipeline_state(state: dict, avdit: AVDiT, scaler: LatentScaler) -> None:
     """Fill ``avdit`` and ``scaler`` from a saved pipeline's tensors (``avdit.*`` and ``scaler.*``)."""
     for prefix, module in (("avdit.", avdit), ("scaler.", scaler)):
-        module.load_state_dict({k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)})
+        values = {k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)}
+        if module is scaler:  # saved before the high-frequency gain existed: it was off
+            values.setdefault("high_frequency_gain", torch.ones(()))
+        module.load_state_dict(values)
 
 
 def load_pipeline(name: str = "monl", folder: str | Path = CHECKPOINTS, device: str | torch.device = "cpu",

@@ -736,6 +736,9 @@ def run_avdit(args: argparse.Namespace) -> dict:
         warm_start(model, scaler, Path(args.init), config)  # its weights and its latent scaling
     else:
         scaler.fit(raw["video"], raw["audio"])
+    if args.high_frequency_gain:  # 0: keep the init's (or none)
+        scaler.emphasise(args.high_frequency_gain)
+        log(f"video latent's finest spatial frequencies x {args.high_frequency_gain:g} (LatentScaler.emphasise)")
     latents = dict(zip(("video", "audio"), scaler.scale(raw["video"], raw["audio"])))
     if device.type == "cuda":  # a few hundred MB at most: keep the training set on the GPU
         latents = {k: v.to(device) for k, v in latents.items()}
@@ -753,7 +756,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
     # left out at 0, so the configs of runs made before these flags still match
     run_config.update({k: v for k, v in (("clean_probability", args.clean_probability),
                                          ("object_boost", args.object_boost), ("impact_boost", args.impact_boost),
-                                         ("perceptual_weight", args.perceptual_weight)) if v})
+                                         ("perceptual_weight", args.perceptual_weight),
+                                         ("high_frequency_gain", args.high_frequency_gain)) if v})
     reader = None
     if args.perceptual_weight:
         from .perceptual import load_reader
@@ -876,6 +880,10 @@ def add_avdit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--perceptual-weight", type=float, default=0.0,
                         help="add W x the latent reader's feature difference of the estimated and true clean video "
                              "latent to the loss (perceptual.perceptual_error; 0: off)")
+    parser.add_argument("--high-frequency-gain", type=float, default=0.0,
+                        help="multiply the video latent's finest spatial frequencies by G (its mean kept; "
+                             "LatentScaler.emphasise, chapter 7 'Making the shape louder'); stored with the model. "
+                             "0: keep the --init model's (off for a new one)")
     parser.add_argument("--perceptual-reader", default="data/checkpoints/latent_reader",
                         help="the frozen reader the perceptual loss uses (benchmarks/train_latent_reader.py makes it)")
     parser.add_argument("--preset", default=None, help="tiny | small | base (default: the profile's)")

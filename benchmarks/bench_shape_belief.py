@@ -104,6 +104,10 @@ def main() -> None:
         drawn = torch.stack([pipeline.scaler.scale(pipeline.video_ae.encode(torch.stack(   # the clip itself for its own shape
             [item["video"] if s == item["factors"]["shape"] else dataset.world.redraw(item["factors"], s) for s in SHAPES])
             .to(device)), no_audio)[0].cpu() for item in items])
+    # every model is read in the per-channel unit-variance latent (a model trained with a high-frequency gain
+    # sees its latents emphasised; the weights and distances are measured without it, so models compare)
+    plain = lambda video: pipeline.scaler.deemphasised(video.to(device)).cpu()  # noqa: E731
+    drawn = torch.stack([plain(d) for d in drawn])
     truth = torch.tensor([SHAPES.index(item["factors"]["shape"]) for item in items])
     trajectories = torch.stack([item["factors"]["trajectory"] for item in items])
     frame_segment = video_segment_of_latent_frame(pipeline.geometry)
@@ -111,18 +115,19 @@ def main() -> None:
     noise = Latents(torch.randn(clean.video.shape, generator=generator).to(device),
                     torch.randn(clean.audio.shape, generator=generator).to(device))
     result = {"model": args.model, "trained_steps": pipeline.meta.get("step"), "clips": args.clips, "split": "test",
+              "high_frequency_gain": float(pipeline.scaler.high_frequency_gain),
               "video_ae": checkpoints.sha256(CHECKPOINTS / "video_ae.safetensors")[:12], "steps_t": list(STEPS_T),
               "tasks": {}}
     for task in args.tasks:
         task_pattern = resolve_task(task, pipeline.geometry.segments)
         frames = [f for f in range(len(frame_segment)) if not task_pattern[0, frame_segment[f]]]
-        rows = {"generated_latent_frames": frames, "clean": summarise(clean.video.cpu(), drawn, trajectories, truth, frames),
+        rows = {"generated_latent_frames": frames, "clean": summarise(plain(clean.video), drawn, trajectories, truth, frames),
                 "guess": [], "noisy_input": []}
         for t in STEPS_T:
             noisy, x0 = pipeline.diffusion.one_step_guess(pipeline.avdit, clean, task_pattern, t, noise)
             rescaled = noisy.video * float(pipeline.diffusion.schedule.alpha_bar[t]) ** -0.5
-            rows["guess"].append(summarise(x0.video.cpu(), drawn, trajectories, truth, frames))
-            rows["noisy_input"].append(summarise(rescaled.cpu(), drawn, trajectories, truth, frames))
+            rows["guess"].append(summarise(plain(x0.video), drawn, trajectories, truth, frames))
+            rows["noisy_input"].append(summarise(plain(rescaled), drawn, trajectories, truth, frames))
             print(task, t, json.dumps(rows["guess"][-1]), flush=True)
         result["tasks"][task] = rows
     result["seconds"] = round(time.time() - began, 1)

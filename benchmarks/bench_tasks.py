@@ -57,6 +57,8 @@ def main() -> None:
               # how decoded log-mels became waveforms: the trained post-net + Griffin-Lim, or Griffin-Lim alone
               "vocoder": vocoder_name(pipeline.audio_ae),
               "tasks": {}}
+    if float(pipeline.scaler.high_frequency_gain) != 1.0:  # chapter 7, "Making the shape louder"
+        result["high_frequency_gain"] = float(pipeline.scaler.high_frequency_gain)
     settings = ("pipeline", "trained_steps", "clips", "steps", "guidance", "sampler", "eta", "autoencoders", "vocoder")
     if out.exists():  # re-measuring some tasks keeps the others, if they were measured the same way
         earlier = json.loads(out.read_text())

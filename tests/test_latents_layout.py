@@ -97,3 +97,26 @@ def test_geometry_whose_audio_straddles_segments_is_rejected():
     geometry = Geometry(hop_length=500, audio_time_down=3)  # 93.75 ms audio latents
     with pytest.raises(ValueError, match="straddles"):
         audio_segment_of_latent_frame(geometry)
+
+
+def test_the_high_frequency_gain_keeps_the_mean_multiplies_the_finest_pattern_and_is_undone():
+    from avdit_mini.latents import LatentScaler
+
+    scaler = LatentScaler()
+    g = torch.Generator().manual_seed(0)
+    video, audio = 2 + 3 * torch.randn(4, 8, 5, 8, 8, generator=g), torch.randn(4, 8, 34, generator=g)
+    scaler.fit(video, audio)
+    plain_video, plain_audio = scaler.scale(video, audio)
+    assert torch.equal(scaler.emphasised(plain_video), plain_video)  # off by default: exactly the per-channel scaling
+    scaler.emphasise(3)
+    loud_video, loud_audio = scaler.scale(video, audio)
+    assert torch.equal(loud_audio, plain_audio)  # only the video latent
+    assert torch.allclose(loud_video.mean((-2, -1)), plain_video.mean((-2, -1)), atol=1e-5)  # each frame's mean kept
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 2.0 - 1  # the finest pattern: x 3
+    assert torch.allclose(scaler.emphasised(checker.expand(1, 8, 5, 8, 8)), 3 * checker, atol=1e-5)
+    stripes = torch.cos(torch.pi / 2 * torch.arange(8.0))[None, :].expand(8, 8)  # a quarter cycle per cell: x 1.5
+    assert torch.allclose(scaler.emphasised(stripes.expand(1, 8, 5, 8, 8)), 1.5 * stripes, atol=1e-5)
+    back_video, back_audio = scaler.unscale(loud_video, loud_audio)
+    assert torch.allclose(back_video, video, atol=1e-4) and torch.allclose(back_audio, audio, atol=1e-5)
+    with pytest.raises(ValueError, match="positive"):
+        scaler.emphasise(0)

@@ -88,3 +88,16 @@ def test_audio_span_restricts_the_vote():
     assert heard["shape"] == clip.factors["shape"] and heard["impact_times"] == probes.measure_audio(clip.audio)["impact_times"]
     with pytest.raises(ValueError, match="span"):
         probes.measure_audio(clip.audio, span=(1.0, 0.5))
+
+
+def test_the_summary_counts_the_shapes_drawn_for_each_true_shape():
+    """shape_counts: what the probe saw in the generated frames, by the condition clip's shape."""
+    clip, other = _two_clips_of_different_shapes((0.625, 2.125))
+    video = torch.cat([clip.video[:, :5], other.video[:, 5:]], dim=1)  # continue_2 drawing the other clip's object
+    rows = [score_clip(TASKS["continue_2"], clip.video, clip.audio, _item(clip)),
+            score_clip(TASKS["continue_2"], video, clip.audio, _item(clip))]
+    counts = summarise(rows)["shape_counts"]
+    true, drawn_instead = clip.factors["shape"], other.factors["shape"]
+    assert counts[true][true] == 1 and counts[true][drawn_instead] == 1
+    assert sum(n for row in counts.values() for n in row.values()) == 2
+    assert "shape_counts" not in summarise([score_clip(TASKS["v2a"], clip.video, clip.audio, _item(clip))])  # no video made

@@ -141,3 +141,22 @@ def test_object_boost_trains_and_is_recorded(workspace):
     run = json.loads((folder / "avdit_object.json").read_text())["run"]
     assert (run["object_boost"], run["impact_boost"]) == (4.0, 2.0)
     assert "object_boost" not in json.loads((folder / "avdit_plain.json").read_text())["run"]
+
+
+def test_high_frequency_gain_is_stored_with_the_model_and_kept_by_a_warm_start(workspace):
+    """--high-frequency-gain: the scaler of the saved pipeline carries it; --init keeps it; older checkpoints load as off."""
+    folder, latents = workspace
+    log = train(folder, latents, folder / "avdit_loud", "--steps", "2", "--prediction", "v", "--high-frequency-gain", "3")["loss_log"]
+    plain = train(folder, latents, folder / "avdit_quiet", "--steps", "2", "--prediction", "v")["loss_log"]
+    assert log[0]["loss"] > plain[0]["loss"]  # the v target holds the louder latents (the zero-initialised network outputs 0)
+    loud = load_pipeline("loud", folder)
+    assert float(loud.scaler.high_frequency_gain) == 3.0
+    assert json.loads((folder / "avdit_loud.json").read_text())["run"]["high_frequency_gain"] == 3.0
+    train(folder, latents, folder / "avdit_loud2", "--steps", "1", "--prediction", "v", "--init", str(folder / "avdit_loud"))
+    assert float(load_pipeline("loud2", folder).scaler.high_frequency_gain) == 3.0
+    # a checkpoint saved before the gain existed has no such tensor: it loads with the gain off
+    from safetensors.torch import load_file
+    state = load_file(str(folder / "avdit_quiet.safetensors"))
+    assert "scaler.high_frequency_gain" in state
+    save_file({k: v for k, v in state.items() if k != "scaler.high_frequency_gain"}, str(folder / "avdit_quiet.safetensors"))
+    assert float(load_pipeline("quiet", folder).scaler.high_frequency_gain) == 1.0
