@@ -214,6 +214,7 @@ class GridDiffusion:
         progress: bool = False,
         clip_x0: float | None = 6.0,
         latent_shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+        guide_model=None,
     ) -> Latents:
         """Generate the target cells of ``condition_mask`` [M, N] (True = condition) (chapter 8).
 
@@ -224,6 +225,11 @@ class GridDiffusion:
         at t = T with fresh noise -- MoNL needs no extra training for this. ``clip_x0`` clamps
         the x0 estimate (latents have unit variance) so that the first steps, where alpha_bar is
         1e-5, cannot blow up.
+
+        ``guide_model`` (autoguidance, Karras et al. 2024): with ``guidance`` w != 1, the second
+        branch is not the unconditional one but a weaker network (less trained, or smaller) asked
+        the same question, conditions and all: eps_weak + w (eps - eps_weak). It pushes each step
+        away from the errors the weaker network makes more of -- such as hedging between shapes.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
@@ -258,7 +264,9 @@ class GridDiffusion:
             t_now, t_next = sequence[i], sequence[i + 1]
             grid = target_grid * t_now  # targets at t_now, conditions at 0: [B, M, N]
             eps, x0 = self.predict(model, x, grid)
-            if guidance != 1.0 and drop.any():
+            if guidance != 1.0 and guide_model is not None:
+                eps, x0 = self._autoguide(guide_model, x, grid, eps, guidance, t_now)
+            elif guidance != 1.0 and drop.any():
                 eps, x0 = self._guide(model, x, grid, eps, condition, drop, is_target, guidance, t_now, randn)
             if clip_x0 is not None:
                 eps, x0 = self._clip(x, x0, t_now, clip_x0)
@@ -279,6 +287,16 @@ class GridDiffusion:
         eps_u, _ = self.predict(model, Latents(*inputs), grid_u)
         guided = Latents(eps_u.video + guidance * (eps.video - eps_u.video),
                          eps_u.audio + guidance * (eps.audio - eps_u.audio))
+        ab = self.schedule.alpha_bar[t_now]
+        x0 = Latents(*[(xt - (1 - ab).sqrt() * e) / ab.sqrt() for xt, e in x.pairs(guided)])
+        return guided, x0
+
+    def _autoguide(self, guide_model, x: Latents, grid: Tensor, eps: Latents, guidance: float,
+                   t_now: int) -> tuple[Latents, Latents]:
+        """Autoguidance: the same inputs to the weaker network; extrapolate from its answer to the model's."""
+        eps_weak, _ = self.predict(guide_model, x, grid)
+        guided = Latents(eps_weak.video + guidance * (eps.video - eps_weak.video),
+                         eps_weak.audio + guidance * (eps.audio - eps_weak.audio))
         ab = self.schedule.alpha_bar[t_now]
         x0 = Latents(*[(xt - (1 - ab).sqrt() * e) / ab.sqrt() for xt, e in x.pairs(guided)])
         return guided, x0

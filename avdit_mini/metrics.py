@@ -145,10 +145,11 @@ def summarise(rows: list[dict]) -> dict:
 
 def evaluate_task(pipeline, task: str | torch.Tensor, n_clips: int, steps: int = 50, guidance: float = 1.0,
                   batch_size: int = 16, seed: int = 0, split: str = "test", progress: bool = True,
-                  sampler: str = "ddim", eta: float = 0.0) -> dict:
+                  sampler: str = "ddim", eta: float = 0.0, guide=None) -> dict:
     """Generate ``n_clips`` clips of a task from held-out condition clips and score them.
 
-    ``sampler`` and ``eta`` are :meth:`GridDiffusion.sample`'s (DDIM with eta = 0 by default)."""
+    ``sampler`` and ``eta`` are :meth:`GridDiffusion.sample`'s (DDIM with eta = 0 by default);
+    ``guide`` a weaker pipeline for autoguidance (:func:`~avdit_mini.tasks.generate`)."""
     task_pattern = resolve_task(task, pipeline.geometry.segments)
     dataset = WorldDataset(n_clips, split)
     rows, seconds = [], 0.0
@@ -162,7 +163,8 @@ def evaluate_task(pipeline, task: str | torch.Tensor, n_clips: int, steps: int =
         batch = collate(items)
         began = time.perf_counter()
         out = generate(pipeline, task_pattern, {"video": batch["video"], "audio": batch["audio"]}, steps=steps,
-                       guidance=guidance, seed=seed + start, batch_size=len(items), sampler=sampler, eta=eta)
+                       guidance=guidance, seed=seed + start, batch_size=len(items), sampler=sampler, eta=eta,
+                       guide=guide)
         seconds += time.perf_counter() - began
         rows += [score_clip(task_pattern, v, a, item) for v, a, item in zip(out.video, out.audio, items)]
     summary = summarise(rows)

@@ -75,14 +75,27 @@ def _batched(x: torch.Tensor | None, dims: int) -> tuple[torch.Tensor | None, bo
 
 def generate(pipeline, task: str | torch.Tensor, condition: dict | None = None, steps: int = 50,
              guidance: float = 1.0, seed: int = 0, batch_size: int | None = None, sampler: str = "ddim",
-             eta: float = 0.0, guidance_drop: torch.Tensor | None = None, progress: bool = False) -> Generation:
+             eta: float = 0.0, guidance_drop: torch.Tensor | None = None, progress: bool = False,
+             guide=None) -> Generation:
     """Run a task with a pipeline (chapter 8).
 
     ``condition`` holds ``"video"`` [3, 17, 64, 64] / [B, ...] and/or ``"audio"`` [34000] / [B, 34000]:
     every modality with a condition cell in the pattern must be given. Condition cells are kept
     bit-identical in the latents; the decoded clip is the autoencoders' view of them.
+    ``guide``: a weaker pipeline of the same latents (e.g. ``load_pipeline("monl_10k")``) for
+    autoguidance with weight ``guidance`` (see :meth:`GridDiffusion.sample`); default: MoNL's
+    unconditional branch.
     """
     task_pattern = resolve_task(task, pipeline.geometry.segments)
+    guide_model = None
+    if guide is not None:
+        ours, theirs = pipeline.scaler.state_dict(), guide.scaler.state_dict()
+        if set(ours) != set(theirs) or any(not torch.equal(ours[k].cpu(), theirs[k].cpu()) for k in ours):
+            raise ValueError("the guide pipeline scales its latents differently: autoguidance needs a weaker model "
+                             "of the same latents (trained from the same start, e.g. monl_10k for monl)")
+        if guide.diffusion.prediction != pipeline.diffusion.prediction or guide.avdit.config.T != pipeline.avdit.config.T:
+            raise ValueError("the guide pipeline predicts another target or has another T than the model it guides")
+        guide_model = guide.avdit
     condition = dict(condition or {})
     unknown = set(condition) - {"video", "audio"}
     if unknown:
@@ -110,7 +123,7 @@ def generate(pipeline, task: str | torch.Tensor, condition: dict | None = None, 
     generator = torch.Generator(device=pipeline.device).manual_seed(seed)
     latents = pipeline.diffusion.sample(
         pipeline.avdit, task_pattern.to(pipeline.device), clean, steps=steps, sampler=sampler, eta=eta,
-        guidance=guidance, guidance_drop=guidance_drop, generator=generator, progress=progress)
+        guidance=guidance, guidance_drop=guidance_drop, generator=generator, progress=progress, guide_model=guide_model)
     out_video, out_audio = pipeline.decode(latents)
     single = (single_v or single_a or not given) and batch == 1 and batch_size is None
     if single:

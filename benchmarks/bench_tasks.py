@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=1.0)
     parser.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM's noise (ddpm is eta = 1)")
+    parser.add_argument("--autoguide", default=None, metavar="NAME",
+                        help="guide with a weaker model of the same latents, data/checkpoints/avdit_<NAME> (autoguidance, "
+                             "weight --guidance), instead of MoNL's unconditional branch")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--tasks", nargs="*", default=list(TASKS))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -45,6 +48,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipeline = load_pipeline(args.name, device=device, vocoder=args.vocoder)
+    guide = load_pipeline(args.autoguide, device=device, vocoder=args.vocoder) if args.autoguide else None
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"tasks_{args.name}.json"
     result = {"pipeline": args.name, "trained_steps": pipeline.meta.get("step"),
               "warm_started_from": pipeline.meta.get("run", {}).get("init"), "clips": args.clips,
@@ -57,22 +61,26 @@ def main() -> None:
               # how decoded log-mels became waveforms: the trained post-net + Griffin-Lim, or Griffin-Lim alone
               "vocoder": vocoder_name(pipeline.audio_ae),
               "tasks": {}}
+    if guide is not None:  # chapter 8, "Guided by a weaker self"
+        result["autoguide"] = {"pipeline": args.autoguide, "trained_steps": guide.meta.get("step")}
     if float(pipeline.scaler.high_frequency_gain) != 1.0:  # chapter 7, "Making the shape louder"
         result["high_frequency_gain"] = float(pipeline.scaler.high_frequency_gain)
-    settings = ("pipeline", "trained_steps", "clips", "steps", "guidance", "sampler", "eta", "autoencoders", "vocoder")
+    settings = ("pipeline", "trained_steps", "clips", "steps", "guidance", "sampler", "eta", "autoencoders", "vocoder",
+                "autoguide")
     if out.exists():  # re-measuring some tasks keeps the others, if they were measured the same way
         earlier = json.loads(out.read_text())
         earlier.setdefault("vocoder", "griffin-lim")  # results from before the post-net
         earlier.setdefault("sampler", "ddim")  # results from before the sampler was a flag
         earlier.setdefault("eta", 0.0)
-        if all(earlier.get(k) == result[k] for k in settings):
+        if all(earlier.get(k) == result.get(k) for k in settings):
             result["tasks"] = {k: v for k, v in earlier.get("tasks", {}).items() if k not in args.tasks}
         else:
             print(f"{out} was measured with other settings; it is replaced")
     for task in args.tasks:
         began = time.perf_counter()
         result["tasks"][task] = evaluate_task(pipeline, task, args.clips, steps=args.steps, guidance=args.guidance,
-                                              batch_size=args.batch_size, sampler=args.sampler, eta=args.eta)
+                                              batch_size=args.batch_size, sampler=args.sampler, eta=args.eta,
+                                              guide=guide)
         result["tasks"][task]["seconds"] = time.perf_counter() - began
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))  # after every task: nothing lost if interrupted

@@ -48,18 +48,27 @@ def test_a_guided_run_meets_a_target_only_where_it_does(tmp_path):
     guided["guidance"] = 2.0
     guided["tasks"]["a2v"]["bounces_matched"] = 0.95      # met only with guidance
     guided["tasks"]["a2v"]["video_shape"] = 0.10          # worse with guidance: the unguided row still stands
-    rows = {(r[0], r[1]): r for r in scoreboard.task_rows(tasks, guided)}
+    auto = json.loads(json.dumps(guided))
+    auto.update(guidance=3.0, autoguide={"pipeline": "monl_10k", "trained_steps": 6000})
+    auto["tasks"]["a2v"]["bounces_matched"] = 0.5         # the autoguided column misses what w = 2 meets
+    auto["tasks"]["v2a"]["audio_shape"] = 0.95            # and meets what nothing else does
+    auto["tasks"]["v2a"]["audio_background"] = 0.5        # and misses what w = 1 meets
+    rows = {(r[0], r[1]): r for r in scoreboard.task_rows(tasks, [("at w = 2", guided), ("autoguided", auto)])}
     bounces = rows[("a2v", "bounces on the sound's impacts")]
-    assert bounces[2:4] == [scoreboard.pct(tasks["tasks"]["a2v"]["bounces_matched"]), "95.0%"]
+    assert bounces[2:5] == [scoreboard.pct(tasks["tasks"]["a2v"]["bounces_matched"]), "95.0%", "50.0%"]
     assert bounces[-1] == f"{scoreboard.MET} at w = 2"
     assert rows[("a2v", "shape matches the sound's timbre")][-1] == scoreboard.MISSED
-    # a guided file measured through other autoencoders, or on fewer tasks, is left out
-    for name, broken in [("other_ae", {**guided, "autoencoders": {"video_ae": "0" * 12}}),
-                         ("fewer", {**guided, "tasks": {"a2v": guided["tasks"]["a2v"]}})]:
-        (tmp_path / f"{name}.json").write_text(json.dumps(broken))
-        assert scoreboard.guided_results(tmp_path, tasks, f"{name}.json") is None
-    (tmp_path / "good.json").write_text(json.dumps(guided))
-    assert scoreboard.guided_results(tmp_path, tasks, "good.json")["guidance"] == 2.0
+    assert rows[("v2a", "timbre matches the object's shape")][-1] == f"{scoreboard.MET} autoguided"
+    assert rows[("v2a", "drone matches the background")][-1] == f"{scoreboard.MET} at w = 1"
+    assert scoreboard.column_name(auto) == "w = 3, guided by `monl_10k`" and scoreboard.column_name(guided) == "w = 2"
+    # a file measured through other autoencoders, of another model, or on fewer tasks, is left out
+    name = scoreboard.ALTERNATIVES[0][0]
+    for broken in [{**guided, "autoencoders": {"video_ae": "0" * 12}}, {**guided, "pipeline": "monl_ft"},
+                   {**guided, "tasks": {"a2v": guided["tasks"]["a2v"]}}]:
+        (tmp_path / name).write_text(json.dumps(broken))
+        assert scoreboard.alternative_results(tmp_path, tasks) == []
+    (tmp_path / name).write_text(json.dumps(guided))
+    assert [label for label, _ in scoreboard.alternative_results(tmp_path, tasks)] == [scoreboard.ALTERNATIVES[0][1]]
 
 
 def test_chapter_times_refuse_a_run_with_a_failed_chapter(tmp_path):

@@ -106,3 +106,27 @@ def test_evaluate_task_passes_its_sampler_on(pipeline, monkeypatch):
     assert ddpm["sampler"] == "ddpm" and ddpm["eta"] == 1.0
     with pytest.raises(ValueError, match="unknown sampler"):
         metrics.evaluate_task(pipeline, "continue_2", 1, steps=2, progress=False, sampler="euler")
+
+
+def test_autoguidance_extrapolates_from_a_weaker_model_of_the_same_latents(pipeline, clip):
+    """guide=: eps_weak + w (eps - eps_weak). Guided by itself the sample is the unguided one; a different weak
+    model changes it; a guide that scales its latents otherwise is a clear error."""
+    import copy
+
+    plain = generate(pipeline, "a2v", condition={"audio": clip.audio}, steps=3, seed=1)
+    itself = generate(pipeline, "a2v", condition={"audio": clip.audio}, steps=3, seed=1, guidance=3.0, guide=pipeline)
+    assert torch.allclose(itself.latents.video, plain.latents.video, atol=1e-4)
+    weak = copy.deepcopy(pipeline)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in weak.avdit.parameters():
+            p.add_(0.05 * torch.randn_like(p))          # another network (the tiny one outputs 0 at initialisation)
+    guided = generate(pipeline, "a2v", condition={"audio": clip.audio}, steps=3, seed=1, guidance=2.0, guide=weak)
+    assert not torch.allclose(guided.latents.video, plain.latents.video, atol=1e-3)
+    assert torch.equal(guided.latents.audio, plain.latents.audio)   # the condition is kept exactly
+    unit = generate(pipeline, "a2v", condition={"audio": clip.audio}, steps=3, seed=1, guidance=1.0, guide=weak)
+    assert torch.equal(unit.latents.video, plain.latents.video)   # w = 1: the model alone
+    other = copy.deepcopy(weak)
+    other.scaler.video_std.mul_(2)
+    with pytest.raises(ValueError, match="scales its latents differently"):
+        generate(pipeline, "a2v", condition={"audio": clip.audio}, steps=2, guidance=2.0, guide=other)
