@@ -233,6 +233,9 @@ class GridDiffusion:
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+        if guide_model is not None and guidance_drop is not None:
+            raise ValueError("guidance_drop chooses what MoNL's unconditional branch drops; with guide_model the second "
+                             "branch is the weaker model, which sees every condition -- pass one or the other")
         eta = 1.0 if sampler == "ddpm" else eta
         mask = condition_mask.bool()
         if condition is None:

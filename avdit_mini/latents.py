@@ -200,9 +200,10 @@ class LatentScaler(torch.nn.Module):
     ``high_frequency_gain`` (chapter 7, "Making the shape louder"; 1 = off) then multiplies the
     video latent's spatial frequencies by ``1 + (gain - 1) * (2 f)^2``, where f is the larger of a
     frequency's two components in cycles per latent cell (0 ... 0.5): the mean of a channel is
-    kept, the finest pattern the 8 x 8 grid holds is multiplied by ``gain``. What tells a square
-    from a circle lives mostly there. The map is linear and exactly invertible, so ``unscale``
-    undoes it before the decoder sees the latent.
+    kept, the finest pattern the 8 x 8 grid holds is multiplied by ``gain``. Against the latents'
+    own variance there, a change of shape stands out most at those frequencies (so does a change
+    of size or of place). The map is linear and exactly invertible, so ``unscale`` undoes it
+    before the decoder sees the latent.
     """
 
     def __init__(self, video_channels: int = 8, audio_channels: int = 8):

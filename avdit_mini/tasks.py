@@ -95,6 +95,11 @@ def generate(pipeline, task: str | torch.Tensor, condition: dict | None = None, 
                              "of the same latents (trained from the same start, e.g. monl_10k for monl)")
         if guide.diffusion.prediction != pipeline.diffusion.prediction or guide.avdit.config.T != pipeline.avdit.config.T:
             raise ValueError("the guide pipeline predicts another target or has another T than the model it guides")
+        if guide.geometry != pipeline.geometry:
+            raise ValueError("the guide pipeline has another geometry (clip length, latent sizes) than the model it guides")
+        if guide.device != pipeline.device:
+            raise ValueError(f"the guide is on {guide.device} and the model on {pipeline.device}: load the guide with "
+                             f"load_pipeline(..., device={str(pipeline.device)!r})")
         guide_model = guide.avdit
     condition = dict(condition or {})
     unknown = set(condition) - {"video", "audio"}

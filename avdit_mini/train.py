@@ -736,6 +736,9 @@ def run_avdit(args: argparse.Namespace) -> dict:
         warm_start(model, scaler, Path(args.init), config)  # its weights and its latent scaling
     else:
         scaler.fit(raw["video"], raw["audio"])
+    if args.high_frequency_gain and (args.object_boost or args.perceptual_weight):
+        raise ValueError("--high-frequency-gain changes the latents that --object-boost's threshold and the perceptual "
+                         "reader were made for (unit-variance, plain latents); train with one or the other")
     if args.high_frequency_gain:  # 0: keep the init's (or none)
         scaler.emphasise(args.high_frequency_gain)
         log(f"video latent's finest spatial frequencies x {args.high_frequency_gain:g} (LatentScaler.emphasise)")

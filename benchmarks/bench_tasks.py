@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--vocoder", default="auto", choices=["auto", "postnet", "griffin-lim"],
                         help="how decoded log-mels become waveforms (auto: the shipped post-net if there is one)")
     parser.add_argument("--out", default=None, help="result file (default: benchmarks/results/tasks_<name>.json)")
+    parser.add_argument("--replace", action="store_true",
+                        help="replace --out even if it holds a run measured with other settings (else: an error)")
     args = parser.parse_args()
     if args.sampler == "ddpm" and args.eta not in (0.0, 1.0):
         parser.error("--sampler ddpm is eta = 1; to sample with another eta, use --sampler ddim --eta E")
@@ -74,8 +76,12 @@ def main() -> None:
         earlier.setdefault("eta", 0.0)
         if all(earlier.get(k) == result.get(k) for k in settings):
             result["tasks"] = {k: v for k, v in earlier.get("tasks", {}).items() if k not in args.tasks}
-        else:
+        elif args.replace:
             print(f"{out} was measured with other settings; it is replaced")
+        else:
+            differing = {k: (earlier.get(k), result.get(k)) for k in settings if earlier.get(k) != result.get(k)}
+            raise SystemExit(f"{out} holds a run measured with other settings {differing} (theirs, these); pass --out "
+                             "to write this one elsewhere, or --replace to overwrite it")
     for task in args.tasks:
         began = time.perf_counter()
         result["tasks"][task] = evaluate_task(pipeline, task, args.clips, steps=args.steps, guidance=args.guidance,

@@ -110,8 +110,9 @@ def task_rows(tasks: dict, alternatives: list[tuple[str, dict]] | None = None) -
     """One row per measure: task, what, unguided value, [each alternative's value,] target, met.
 
     ``alternatives`` are (label, result) pairs of the same model sampled otherwise (with guidance, or
-    autoguided). A row is met if any column meets it, and says which when not every one does: the
-    sampling is the user's choice per task.
+    autoguided). A row is met if any column meets it. When the unguided column misses, the row names
+    every column that meets it; when it meets, the row names the columns that miss: the sampling is
+    the user's choice per task.
     """
     rows = []
     for task, key, what, kind in TASK_ROWS:
@@ -122,10 +123,12 @@ def task_rows(tasks: dict, alternatives: list[tuple[str, dict]] | None = None) -
             value, verdict = _value(result, task, key, kind)
             row.append(value)
             verdicts.append((label, verdict))
+        meeting = [label for label, verdict in verdicts if verdict == MET]
+        missing = [label for label, verdict in verdicts if verdict == MISSED]
         if plain_met == MISSED:
-            met = next((f"{MET} {label}" for label, verdict in verdicts if verdict == MET), MISSED)
-        elif plain_met == MET and any(verdict == MISSED for _, verdict in verdicts):
-            met = f"{MET} at w = {tasks['guidance']:g}"
+            met = f"{MET} {', '.join(meeting)}" if meeting else MISSED
+        elif plain_met == MET and missing:
+            met = f"{MET} (not {', '.join(missing)})"
         rows.append(row + [TARGETS[kind], met])
     return rows
 

@@ -130,3 +130,6 @@ def test_autoguidance_extrapolates_from_a_weaker_model_of_the_same_latents(pipel
     other.scaler.video_std.mul_(2)
     with pytest.raises(ValueError, match="scales its latents differently"):
         generate(pipeline, "a2v", condition={"audio": clip.audio}, steps=2, guidance=2.0, guide=other)
+    with pytest.raises(ValueError, match="pass one or the other"):   # MoNL's drop pattern means nothing to a weaker model
+        generate(pipeline, "a2v", condition={"audio": clip.audio}, steps=2, guidance=2.0, guide=weak,
+                 guidance_drop=torch.ones(2, 5, dtype=torch.bool))

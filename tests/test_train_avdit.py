@@ -154,6 +154,8 @@ def test_high_frequency_gain_is_stored_with_the_model_and_kept_by_a_warm_start(w
     assert json.loads((folder / "avdit_loud.json").read_text())["run"]["high_frequency_gain"] == 3.0
     train(folder, latents, folder / "avdit_loud2", "--steps", "1", "--prediction", "v", "--init", str(folder / "avdit_loud"))
     assert float(load_pipeline("loud2", folder).scaler.high_frequency_gain) == 3.0
+    with pytest.raises(ValueError, match="one or the other"):   # the object threshold was made for plain latents
+        train(folder, latents, folder / "avdit_loud3", "--steps", "1", "--high-frequency-gain", "3", "--object-boost", "4")
     # a checkpoint saved before the gain existed has no such tensor: it loads with the gain off
     from safetensors.torch import load_file
     state = load_file(str(folder / "avdit_quiet.safetensors"))
