@@ -288,18 +288,19 @@ class GridDiffusion:
             dropped = _frame_mask(t_frames == self.T, xt) & ~target
             inputs.append(torch.where(dropped, self.schedule.q_sample(c, t_frames, randn(c.shape), time_dim=2), xt))
         eps_u, _ = self.predict(model, Latents(*inputs), grid_u)
-        guided = Latents(eps_u.video + guidance * (eps.video - eps_u.video),
-                         eps_u.audio + guidance * (eps.audio - eps_u.audio))
-        ab = self.schedule.alpha_bar[t_now]
-        x0 = Latents(*[(xt - (1 - ab).sqrt() * e) / ab.sqrt() for xt, e in x.pairs(guided)])
-        return guided, x0
+        return self._extrapolate(x, eps_u, eps, guidance, t_now)
 
     def _autoguide(self, guide_model, x: Latents, grid: Tensor, eps: Latents, guidance: float,
                    t_now: int) -> tuple[Latents, Latents]:
         """Autoguidance: the same inputs to the weaker network; extrapolate from its answer to the model's."""
         eps_weak, _ = self.predict(guide_model, x, grid)
-        guided = Latents(eps_weak.video + guidance * (eps.video - eps_weak.video),
-                         eps_weak.audio + guidance * (eps.audio - eps_weak.audio))
+        return self._extrapolate(x, eps_weak, eps, guidance, t_now)
+
+    def _extrapolate(self, x: Latents, eps_from: Latents, eps: Latents, guidance: float,
+                     t_now: int) -> tuple[Latents, Latents]:
+        """eps_from + w (eps - eps_from), and the x0 estimate that agrees with it (both kinds of guidance)."""
+        guided = Latents(eps_from.video + guidance * (eps.video - eps_from.video),
+                         eps_from.audio + guidance * (eps.audio - eps_from.audio))
         ab = self.schedule.alpha_bar[t_now]
         x0 = Latents(*[(xt - (1 - ab).sqrt() * e) / ab.sqrt() for xt, e in x.pairs(guided)])
         return guided, x0

@@ -190,6 +190,13 @@ def token_layout(geometry: Geometry = Geometry(), video_patch: int = 2, audio_pa
 # ----------------------------------------------------------------------------------------------
 # Encoding a dataset once, and scaling latents to unit variance (chapters 2-3)
 # ----------------------------------------------------------------------------------------------
+def spatial_frequency(height: int, width: int, device: torch.device | str | None = None) -> Tensor:
+    """f = max(|f_y|, |f_x|) of every bin of an [height, width] FFT, in cycles per latent cell (0 ... 0.5) (chapter 7)."""
+    fy = torch.fft.fftfreq(height, device=device).abs()[:, None]
+    fx = torch.fft.fftfreq(width, device=device).abs()[None, :]
+    return torch.maximum(fy, fx)
+
+
 class LatentScaler(torch.nn.Module):
     """Per-channel affine scaling of both latents to zero mean and unit variance (chapters 2-3).
 
@@ -238,9 +245,8 @@ class LatentScaler(torch.nn.Module):
 
     def frequency_gains(self, height: int, width: int) -> Tensor:
         """The gain of each spatial frequency of an [height, width] latent frame, FloatTensor [height, width]."""
-        fy = torch.fft.fftfreq(height, device=self.high_frequency_gain.device).abs()[:, None]
-        fx = torch.fft.fftfreq(width, device=self.high_frequency_gain.device).abs()[None, :]
-        return 1 + (self.high_frequency_gain - 1) * (2 * torch.maximum(fy, fx)) ** 2
+        f = spatial_frequency(height, width, self.high_frequency_gain.device)
+        return 1 + (self.high_frequency_gain - 1) * (2 * f) ** 2
 
     def _filter(self, video_latent: Tensor, inverse: bool) -> Tensor:
         if float(self.high_frequency_gain) == 1.0:

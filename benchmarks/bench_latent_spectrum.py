@@ -26,16 +26,10 @@ from pathlib import Path
 import torch
 
 from avdit_mini.data import COLOURS, SHAPES, SIZES, WorldDataset
+from avdit_mini.latents import LatentScaler, spatial_frequency
 from avdit_mini.pipeline import load_pipeline
 
 GAINS = (1.0, 2.0, 3.0, 4.0)
-
-
-def band_of_each_frequency(height: int = 8, width: int = 8) -> torch.Tensor:
-    """f = max(|f_y|, |f_x|) of every bin of an [height, width] FFT, cycles per cell: [height, width]."""
-    fy = torch.fft.fftfreq(height).abs()[:, None]
-    fx = torch.fft.fftfreq(width).abs()[None, :]
-    return torch.maximum(fy, fx)
 
 
 def band_energy(x: torch.Tensor, bands: torch.Tensor) -> dict[float, float]:
@@ -82,12 +76,13 @@ def main() -> None:
         size = (factors["size"] + 1) % len(SIZES)
         changes["size"].append(encode(drawn(factors, size=size, radius=SIZES[size])) - z)
     own = torch.stack(own)
-    bands = band_of_each_frequency(*own.shape[-2:])
+    bands = spatial_frequency(*own.shape[-2:])
     total = band_energy(own - own.mean(0), bands)
     energy = {k: band_energy(torch.stack(v), bands) for k, v in changes.items()}
 
     def loudness(factor: dict[float, float], gain: float) -> float:
-        weight = {b: (1 + (gain - 1) * (2 * b) ** 2) ** 2 for b in total}
+        gains = LatentScaler().emphasise(gain).frequency_gains(*own.shape[-2:])  # one gain per band: energy x its square
+        weight = {b: float(gains[bands == b][0]) ** 2 for b in total}
         return sum(weight[b] * factor[b] for b in total) / sum(weight[b] * total[b] for b in total)
 
     result = {"clips": args.clips, "split": "val", "bands_cycles_per_cell": list(total),
