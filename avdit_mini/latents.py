@@ -220,6 +220,11 @@ class LatentScaler(torch.nn.Module):
         self.register_buffer("audio_mean", torch.zeros(audio_channels))
         self.register_buffer("audio_std", torch.ones(audio_channels))
         self.register_buffer("high_frequency_gain", torch.ones(()))
+        self._gain = 1.0  # the buffer's value on the host: no device sync per scale / unscale
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._gain = float(self.high_frequency_gain)
 
     @torch.no_grad()
     def fit(self, video_latents: Tensor, audio_latents: Tensor) -> "LatentScaler":
@@ -237,6 +242,7 @@ class LatentScaler(torch.nn.Module):
         if not gain > 0:
             raise ValueError(f"the high-frequency gain must be positive (1 = off), got {gain}")
         self.high_frequency_gain.fill_(float(gain))
+        self._gain = float(gain)
         return self
 
     @staticmethod
@@ -249,7 +255,7 @@ class LatentScaler(torch.nn.Module):
         return 1 + (self.high_frequency_gain - 1) * (2 * f) ** 2
 
     def _filter(self, video_latent: Tensor, inverse: bool) -> Tensor:
-        if float(self.high_frequency_gain) == 1.0:
+        if self._gain == 1.0:
             return video_latent  # off: the latents are exactly those of the per-channel scaling
         gains = self.frequency_gains(*video_latent.shape[-2:]).to(video_latent.device)
         spectrum = torch.fft.fft2(video_latent.float()) * (1 / gains if inverse else gains)

@@ -34,15 +34,15 @@ from . import checkpoints, probes
 from .audio_ae import AudioAEConfig, AudioAutoencoder, PostNetConfig, SpectrogramPostNet, postnet_loss
 from .avdit import AVDiT, AVDiTConfig, num_parameters
 from .config import Geometry, get_profile
-from .data import SIZES, SPLIT_OFFSETS, World, WorldDataset, collate
+from .data import SHAPES, SIZES, SPLIT_OFFSETS, World, WorldDataset, collate
 from .diffusion import GridDiffusion, Latents
 from .latents import LatentScaler, encode_dataset
 from .monl import STRATEGIES, conditional_grid, sample_timestep_grid
 from .pipeline import AVPipeline, load_autoencoder, load_pipeline_state, save_pipeline
 from .schedules import NoiseSchedule
 from .tasks import resolve_task
-from .video_ae import (TINY_VIDEO_CONFIG, FrameCritic, VideoAEConfig, VideoAutoencoder, hinge_critic_loss, object_crops,
-                       psnr, reconstruction_loss)
+from .video_ae import (TINY_VIDEO_CONFIG, FrameCritic, ShapeReadout, VideoAEConfig, VideoAutoencoder, hinge_critic_loss,
+                       object_cells, object_crops, psnr, reconstruction_loss, shape_alignment_error)
 
 TINY_AUDIO_CONFIG = AudioAEConfig(channels=(16, 16, 16), blocks=1, groups=4, griffin_lim_iters=4)
 TRAIN_CLIPS = 10_000_000  # seeds of the train split drawn from: practically every clip is new
@@ -191,7 +191,7 @@ def build_autoencoder(modality: str, tiny: bool = False, **video_head) -> tuple[
     """The model and the config dict its checkpoint stores (what ``load_checkpoint`` compares).
 
     ``video_head``: ``refine_width`` / ``refine_depth`` / ``refine_hints`` of the video AE's
-    sharpening head and its ``decoder_blocks``, where given (not None).
+    sharpening head, its ``decoder_blocks`` and ``encoder_blocks``, where given (not None).
     """
     if modality == "video":
         model_config = TINY_VIDEO_CONFIG if tiny else VideoAEConfig()
@@ -206,16 +206,17 @@ def build_autoencoder(modality: str, tiny: bool = False, **video_head) -> tuple[
     return model, config
 
 
-def freeze_encoder_from(model: nn.Module, stem: Path) -> None:
+def freeze_encoder_from(model: nn.Module, stem: Path, freeze: bool = True) -> None:
     """Start from the weights of checkpoint ``stem`` and freeze the encoder: only the decoder trains.
 
-    The latents stay exactly those of ``stem``, so an AVDiT trained on them stays valid. Layers the
+    The latents stay exactly those of ``stem``, so an AVDiT trained on them stays valid
+    (``freeze=False``, ``--finetune``: both sides train on, and the latents change). Layers the
     checkpoint lacks (a decoder head added since) start from their initialisation; a layer that
     grew (the decoder's read-out drawing hint channels besides the colours) keeps the stored rows
     in its first rows; a sharpening head of another shape starts afresh.
     """
     if not checkpoints.checkpoint_paths(stem)["weights"].exists():
-        raise FileNotFoundError(f"--finetune-decoder {stem}: no {stem}.safetensors to start from")
+        raise FileNotFoundError(f"{'--finetune-decoder' if freeze else '--finetune'} {stem}: no {stem}.safetensors to start from")
     stored = load_file(str(checkpoints.checkpoint_paths(stem)["weights"]))
     own = model.state_dict()
     unexpected = [k for k in stored if k not in own]
@@ -234,8 +235,12 @@ def freeze_encoder_from(model: nn.Module, stem: Path) -> None:
             weights[key] = value
             fresh.add(key.rsplit(".", 1)[0])
     model.load_state_dict(weights)
-    model.encoder.requires_grad_(False)
-    log(f"decoder fine-tune from {stem}: encoder frozen, new layers {sorted(fresh)}")
+    if freeze:
+        if len(model.encoder_trunk):
+            raise ValueError("--finetune-decoder keeps the encoder as it was: it cannot add --encoder-blocks (use --finetune)")
+        model.encoder.requires_grad_(False)
+    log(f"{'decoder' if freeze else 'whole-autoencoder'} fine-tune from {stem}: encoder {'frozen' if freeze else 'trained'}, "
+        f"new layers {sorted(fresh)}")
 
 
 def random_frames(video: torch.Tensor, k: int) -> torch.Tensor:
@@ -339,14 +344,77 @@ class Adversary:
         return {**losses, "critic": critic_loss.detach(), "adversarial": adversarial.detach()}
 
 
+class ShapeAligner:
+    """``--shape-alignment W`` (chapter 3, "Teaching the latent its shape"): the latent must say the shape in every cell.
+
+    Like aligning a latent with a pretrained network's features (Yao et al., 2025, VA-VAE), but the
+    target is the world's own label: a linear :class:`ShapeReadout` must tell the clip's shape from
+    each latent cell the object covers. Each step the read-out first learns one step on the
+    detached latent; then the autoencoder's loss is its reconstruction loss plus ``W`` x the
+    read-out's cross-entropy through the (frozen) read-out, so the encoder moves the shape into
+    the read-out's directions and the decoder learns to draw from them. The read-out's state is
+    saved beside the checkpoint (``<stem>.readout.pt``), so a resume is exact.
+    """
+
+    def __init__(self, model: nn.Module, args: argparse.Namespace, device: torch.device):
+        self.model, self.args, self.weight = model, args, args.shape_alignment
+        self.readout = ShapeReadout(model.config.latent_channels, len(SHAPES), args.alignment_scale).to(device)
+        self.optimizer = torch.optim.AdamW(self.readout.parameters(), lr=1e-3, weight_decay=0.0)
+        self.stats: list[tuple[float, float]] = []
+
+    def path(self, stem: Path) -> Path:
+        return Path(f"{stem}.readout.pt")
+
+    def save(self, stem: Path) -> None:
+        state = {"readout": self.readout.state_dict(), "optimizer": self.optimizer.state_dict()}
+        checkpoints._atomic_write(self.path(stem), lambda tmp: torch.save(state, tmp))
+        if self.stats:
+            error, accuracy = np.mean(self.stats[-50:], axis=0)
+            log(f"shape read-out: cross-entropy {error:.3f}, right in {100 * accuracy:.1f}% of the object's cells")
+
+    def load(self, stem: Path) -> None:
+        if not self.path(stem).exists():
+            raise FileNotFoundError(f"--resume with --shape-alignment: {self.path(stem)} is missing (the read-out's state)")
+        state = torch.load(self.path(stem), map_location=next(self.readout.parameters()).device, weights_only=True)
+        self.readout.load_state_dict(state["readout"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def loss(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        video, args = batch["video"], self.args
+        if "factors" not in batch:
+            raise ValueError("--shape-alignment needs each clip's factors (the world's clips have them)")
+        shapes = torch.tensor([SHAPES.index(f["shape"]) for f in batch["factors"]], device=video.device)
+        chosen = random_frames(video, args.loss_frames or video.shape[2])
+        latent = self.model.encode(video)
+        losses = reconstruction_loss(self.model.decode_raw(latent, chosen), video[:, :, chosen], edge=args.edge_weight,
+                                     pixel=args.pixel_loss, boost=args.object_boost, area=args.boost_area,
+                                     halo=args.halo_weight)
+        cells, spread = object_cells(video), latent.detach().std(dim=(0, 2, 3, 4))
+        # 1. the read-out: one step on the detached latent
+        self.readout.requires_grad_(True)
+        fit = shape_alignment_error(self.readout(latent.detach(), spread), shapes, cells)
+        self.optimizer.zero_grad(set_to_none=True)
+        fit.backward()
+        self.optimizer.step()
+        # 2. the autoencoder: reconstruction + W x the frozen read-out's cross-entropy
+        self.readout.requires_grad_(False)
+        logits = self.readout(latent, spread)
+        alignment = shape_alignment_error(logits, shapes, cells)
+        right = (logits.argmax(dim=1) == shapes.reshape(-1, 1, 1, 1)).float()
+        accuracy = (right * cells).sum() / cells.sum().clamp(min=1e-6)
+        losses["loss"] = losses["loss"] + self.weight * alignment
+        self.stats.append((float(alignment.detach()), float(accuracy)))
+        return {**losses, "alignment": alignment.detach()}
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     """A collated batch with its tensors on ``device`` (the factors stay as they are)."""
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def val_batches(n_clips: int, batch_size: int, device: torch.device | str = "cpu") -> Iterator[dict]:
-    """Held-out clips from the ``val`` split, in batches, on ``device``."""
-    dataset = WorldDataset(n_clips, "val")
+def val_batches(n_clips: int, batch_size: int, device: torch.device | str = "cpu", split: str = "val") -> Iterator[dict]:
+    """Held-out clips from the ``val`` split (or another ``split``), in batches, on ``device``."""
+    dataset = WorldDataset(n_clips, split)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=0)
     for batch in loader:
         yield to_device(batch, torch.device(device))
@@ -414,12 +482,14 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
     np.random.seed(args.seed)
     model, config = build_autoencoder(args.modality, args.tiny, refine_width=args.refine_width,
                                       refine_depth=args.refine_depth, refine_hints=args.refine_hints,
-                                      decoder_blocks=args.decoder_blocks)
-    if args.finetune_decoder:
-        freeze_encoder_from(model, Path(args.finetune_decoder))
+                                      decoder_blocks=args.decoder_blocks, encoder_blocks=args.encoder_blocks)
+    if args.finetune_decoder and args.finetune:
+        raise ValueError("--finetune-decoder (encoder frozen) and --finetune (both sides) exclude each other: pass one")
+    if args.finetune_decoder or args.finetune:
+        freeze_encoder_from(model, Path(args.finetune_decoder or args.finetune), freeze=bool(args.finetune_decoder))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    adversary = None
+    companion = None
     if args.adversarial:  # built before the resume restores the random state (the critic's init draws from it)
         if args.modality != "video":
             raise ValueError("--adversarial is for the video decoder (--modality video)")
@@ -427,23 +497,32 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
             raise ValueError("--adversarial does not combine with --latent-noise: train them one at a time")
         if args.critic_zoom < 1:
             raise ValueError(f"--critic-zoom must be a whole number >= 1 (1: no zoom), got {args.critic_zoom}")
-        adversary = Adversary(model, args, device)
+        companion = Adversary(model, args, device)
+    if args.shape_alignment:
+        if args.modality != "video":
+            raise ValueError("--shape-alignment is for the video autoencoder (--modality video)")
+        if args.finetune_decoder:
+            raise ValueError("--shape-alignment moves the encoder's latents; it cannot act with --finetune-decoder's "
+                             "frozen encoder (use --finetune STEM)")
+        if args.adversarial or args.latent_noise:
+            raise ValueError("--shape-alignment does not combine with --adversarial or --latent-noise: one at a time")
+        companion = ShapeAligner(model, args, device)  # the same hooks as the critic: its own loss, its own state
     optimizer, scheduler, step, loss_log = optimiser_and_resume(model, args, config, steps)
     stem = Path(args.out)
     parameters = sum(p.numel() for p in model.parameters())
     log(f"{args.modality} autoencoder: {parameters:,} parameters, {steps} steps of {batch_size} clips, "
         f"{args.threads} threads, {args.workers} data workers, device {device}, profile {profile.name}")
-    if adversary and args.resume:
-        adversary.load(stem)
+    if companion and args.resume:
+        companion.load(stem)
     step, loss_log = train_loop(model, args, optimizer, scheduler, stem, config, step, steps, batch_size, loss_log,
-                                loss_fn=adversary.loss if adversary else None,
-                                quick=(lambda: quick_eval(model, "video")) if adversary else None,
-                                on_save=adversary.save if adversary else None)
+                                loss_fn=companion.loss if companion else None,
+                                quick=(lambda: quick_eval(model, "video")) if companion else None,
+                                on_save=companion.save if companion else None)
     metrics = evaluate_autoencoder(model, args.modality, args.eval_clips) if args.eval_clips else {}
     log(f"metrics: {metrics}")
     save_final(stem, model, config, optimizer, scheduler, step, loss_log, metrics, args, parameters, batch_size)
-    if adversary:
-        adversary.save(stem)
+    if companion:
+        companion.save(stem)
     return metrics
 
 
@@ -732,9 +811,13 @@ def run_avdit(args: argparse.Namespace) -> dict:
     scaler = LatentScaler(raw["video"].shape[1], raw["audio"].shape[1])
     torch.manual_seed(args.seed)
     model = AVDiT(config).to(device)
+    if args.refit_scaling and not args.init:
+        raise ValueError("--refit-scaling is for a warm start (--init STEM); without one the scaling is fitted anyway")
     if args.init:
         warm_start(model, scaler, Path(args.init), config)  # its weights and its latent scaling
-    else:
+    if args.refit_scaling and scaler.high_frequency_gain.item() != 1.0:
+        raise ValueError(f"--refit-scaling: {args.init} emphasises its latents' fine frequencies; refit from a plain model")
+    if not args.init or args.refit_scaling:
         scaler.fit(raw["video"], raw["audio"])
     if args.high_frequency_gain and (args.object_boost or args.perceptual_weight):
         raise ValueError("--high-frequency-gain changes the latents that --object-boost's threshold and the perceptual "
@@ -756,6 +839,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
     run_config = {"kind": "avdit", "strategy": args.strategy, "preset": args.preset, "schedule": args.schedule,
                   "prediction": args.prediction, "clips": args.clips, "batch_size": args.batch_size, "lr": args.lr,
                   "steps": args.steps, "seed": args.seed, "weights": args.weights, "init": args.init}
+    if args.refit_scaling:
+        run_config["refit_scaling"] = True
     # left out at 0, so the configs of runs made before these flags still match
     run_config.update({k: v for k, v in (("clean_probability", args.clean_probability),
                                          ("object_boost", args.object_boost), ("impact_boost", args.impact_boost),
@@ -897,6 +982,8 @@ def add_avdit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--autoencoders", default="data/checkpoints", help="folder with video_ae / audio_ae")
     parser.add_argument("--init", default=None, metavar="STEM",
                         help="start from this saved AVDiT (e.g. data/checkpoints/avdit_monl) with a fresh optimiser and schedule")
+    parser.add_argument("--refit-scaling", action="store_true",
+                        help="with --init: fit the latent scaling to this run's latents (autoencoders whose encoder changed)")
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--clip", type=float, default=1.0, help="gradient clipping norm")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -937,12 +1024,18 @@ def build_parser() -> argparse.ArgumentParser:
     autoencoder.add_argument("--tiny", action="store_true", help="a tiny model (tests)")
     autoencoder.add_argument("--finetune-decoder", default=None, metavar="STEM",
                              help="start from checkpoint STEM and train the decoder only (the latents do not change)")
+    autoencoder.add_argument("--finetune", default=None, metavar="STEM",
+                             help="start from checkpoint STEM and train both sides (the latents change: an AVDiT "
+                                  "needs training on them)")
     for name, what in (("width", "features"), ("depth", "3 x 3 convolutions"), ("hints", "hint channels the decoder draws for it")):
         autoencoder.add_argument(f"--refine-{name}", type=int, default=None,
                                  help=f"video: the sharpening head's {what} (default: VideoAEConfig's)")
     autoencoder.add_argument("--decoder-blocks", type=int, default=None,
                              help="video: residual blocks on the latent grid before the decoder draws (a block "
                                   "added to a --finetune-decoder checkpoint starts as the identity)")
+    autoencoder.add_argument("--encoder-blocks", type=int, default=None,
+                             help="video: residual bottleneck blocks on the encoder's 8 x 8 grid (EncoderBlock; "
+                                  "added to a trained encoder with --finetune, they start as the identity)")
     autoencoder.add_argument("--loss-frames", type=int, default=0,
                              help="video: train on this many random frames of each clip's 17 (0: all); the "
                                   "sharpening head is then run on those only, which makes a wide head affordable")
@@ -978,6 +1071,11 @@ def build_parser() -> argparse.ArgumentParser:
                              help="video: decode latents plus noise of up to this many channel spreads (with "
                                   "--finetune-decoder: a decoder that draws sharp shapes from a diffusion model's "
                                   "slightly-off latents)")
+    autoencoder.add_argument("--shape-alignment", type=float, default=0.0, metavar="W",
+                             help="video: + W x the cross-entropy of a linear read-out of the shape from each latent "
+                                  "cell the object covers (ShapeAligner; chapter 3)")
+    autoencoder.add_argument("--alignment-scale", type=float, default=4.0,
+                             help="video: the read-out's logit scale over the standardised latent (ShapeReadout)")
     add_common_arguments(autoencoder)
     autoencoder.set_defaults(run=run_autoencoder)
     vocoder = commands.add_parser("vocoder", help="train the mel -> linear spectrogram post-net before Griffin-Lim (chapter 2)")

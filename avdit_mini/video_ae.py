@@ -47,9 +47,13 @@ class VideoAEConfig:
     refine_depth: int = 3  # its 3 x 3 convolutions, dilated 1, 2, 4, ... then 1: a 9 x 9 view at depth 3, 17 x 17 at 4
     refine_hints: int = 0  # extra channels the decoder draws for the head only (what the colours alone do not say)
     decoder_blocks: int = 0  # residual 3 x 3 blocks on the 8 x 8 latent grid before the decoder draws (LatentBlock)
+    encoder_blocks: int = 0  # residual bottleneck blocks on the 8 x 8 grid before the encoder's read-out (EncoderBlock)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        if not self.encoder_blocks:  # left out at 0: the configs stored before it existed still match
+            del values["encoder_blocks"]
+        return values
 
 
 TINY_VIDEO_CONFIG = VideoAEConfig(widths=(32, 64), refine_width=8)
@@ -183,6 +187,28 @@ class LatentBlock(nn.Module):
         return x + self.conv2(F.silu(self.conv1(F.silu(x))))
 
 
+class EncoderBlock(nn.Module):
+    """A residual bottleneck block on the encoder's 8 x 8 grid: x + 1x1(SiLU(3x3(SiLU(1x1(SiLU(x)))))).
+
+    The encoder is shallow: one hidden layer looks at a 12 x 12-pixel window per latent cell, which
+    may see a piece of the object's edge and not its shape. Two blocks let each cell look at its
+    neighbours (3 x 3 cells, this latent frame and the one before: causal) before the latent is
+    read out, so every cell the object covers can say the object's shape. The last convolution
+    starts at zero, so a block added to a trained encoder starts as the identity.
+    """
+
+    def __init__(self, width: int, inner: int = 96, time_kernel: int = 2):
+        super().__init__()
+        self.squeeze = CausalConv3d(width, inner, 1, 1)
+        self.mix = CausalConv3d(inner, inner, time_kernel, 3)
+        self.expand = CausalConv3d(inner, width, 1, 1)
+        nn.init.zeros_(self.expand.conv.weight)
+        nn.init.zeros_(self.expand.conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.expand(F.silu(self.mix(F.silu(self.squeeze(F.silu(x))))))
+
+
 # ----------------------------------------------------------------------------------------------
 # The autoencoder
 # ----------------------------------------------------------------------------------------------
@@ -222,6 +248,8 @@ class VideoAutoencoder(nn.Module):
         )
         self.refine = Refine(c.refine_width, c.refine_depth, c.refine_hints) if c.refine_width else None
         self.trunk = nn.Sequential(*[LatentBlock(w2, c.decoder_time_kernel) for _ in range(c.decoder_blocks)])
+        # before the encoder's last SiLU and read-out (kept apart, so a trained encoder's weights keep their names)
+        self.encoder_trunk = nn.Sequential(*[EncoderBlock(w2) for _ in range(c.encoder_blocks)])
 
     def _check_video(self, video: torch.Tensor) -> None:
         g = self.geometry
@@ -233,7 +261,8 @@ class VideoAutoencoder(nn.Module):
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """Video [B, 3, 17, 64, 64] in [0, 1] -> latent [B, C_v, 5, 8, 8]."""
         self._check_video(video)
-        return self.encoder(tubelets(video * 2.0 - 1.0, self.time, self.config.patch))  # via [B, 192, 5, 16, 16]
+        features = self.encoder[:-2](tubelets(video * 2.0 - 1.0, self.time, self.config.patch))  # [B, w2, 5, 8, 8]
+        return self.encoder[-2:](self.encoder_trunk(features))  # the trunk is empty unless encoder_blocks
 
     def decode_raw(self, latent: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
         """Latent -> video, unclamped (what the training loss sees).
@@ -284,6 +313,45 @@ def object_weights(video: torch.Tensor, boost: float = 2.0, threshold: float = 0
         pixels = differs.sum(dim=(-2, -1), keepdim=True).clamp(min=1.0)  # [B, 1, T, 1, 1]
         return 1.0 + boost * differs * (area / pixels)
     return 1.0 + boost * differs
+
+
+def object_cells(video: torch.Tensor, threshold: float = 0.05, time: int = 4, space: int = 8) -> torch.Tensor:
+    """The share of each latent cell's pixels (its causal time group x ``space`` x ``space``) the object covers: [B, 5, 8, 8]."""
+    return F.avg_pool3d(causal_time_pool(object_mask(video, threshold), time), (1, space, space))[:, 0]
+
+
+class ShapeReadout(nn.Module):
+    """A linear read-out of the object's shape from each latent cell alone (chapter 3, "Teaching the latent its shape").
+
+    The logits of a cell are ``scale`` x (unit-length rows) . (the cell's latent / each channel's
+    spread) + a bias. The rows have unit length and the latent is measured in its own spread, so
+    the read-out cannot grow its way to confidence: for the cross-entropy to fall, the shapes must
+    lie apart by a good fraction of the latent's spread, in the same direction in every cell the
+    object touches -- a loud code at the coarsest spatial frequency, where colour already lives,
+    instead of a quiet pattern at the finest (chapter 7, "Making the shape louder").
+    """
+
+    def __init__(self, channels: int, classes: int = 3, scale: float = 4.0):
+        super().__init__()
+        self.direction = nn.Parameter(0.1 * torch.randn(classes, channels))
+        self.bias = nn.Parameter(torch.zeros(classes))
+        self.scale = float(scale)
+
+    def forward(self, latent: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+        """Latent [B, C, F, H, W] and each channel's spread [C] -> logits [B, classes, F, H, W]."""
+        rows = F.normalize(self.direction, dim=1)
+        standard = latent / spread.reshape(1, -1, 1, 1, 1)
+        return self.scale * torch.einsum("bcfhw,kc->bkfhw", standard, rows) + self.bias.reshape(1, -1, 1, 1, 1)
+
+
+def shape_alignment_error(logits: torch.Tensor, shapes: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each cell's read-out against the clip's shape, weighed by the object's share of the cell.
+
+    ``logits`` [B, K, F, H, W], ``shapes`` [B] class indices, ``cells`` [B, F, H, W] from :func:`object_cells`.
+    """
+    target = shapes.reshape(-1, 1, 1, 1).expand_as(cells)
+    error = F.cross_entropy(logits, target, reduction="none")  # [B, F, H, W]
+    return (error * cells).sum() / cells.sum().clamp(min=1e-6)
 
 
 def edge_error(reconstruction: torch.Tensor, video: torch.Tensor) -> torch.Tensor:

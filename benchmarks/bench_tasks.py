@@ -25,7 +25,9 @@ from avdit_mini.tasks import TASKS
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--name", default="monl", help="pipeline name: data/checkpoints/avdit_<name>")
+    parser.add_argument("--name", default="monl", help="pipeline name: <folder>/avdit_<name>")
+    parser.add_argument("--folder", default=str(CHECKPOINTS),
+                        help="the checkpoints folder: the pipeline and the autoencoders that decode it")
     parser.add_argument("--clips", type=int, default=200)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=1.0)
@@ -49,8 +51,9 @@ def main() -> None:
         args.eta = 1.0
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    pipeline = load_pipeline(args.name, device=device, vocoder=args.vocoder)
-    guide = load_pipeline(args.autoguide, device=device, vocoder=args.vocoder) if args.autoguide else None
+    folder = Path(args.folder)
+    pipeline = load_pipeline(args.name, folder, device=device, vocoder=args.vocoder)
+    guide = load_pipeline(args.autoguide, folder, device=device, vocoder=args.vocoder) if args.autoguide else None
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"tasks_{args.name}.json"
     result = {"pipeline": args.name, "trained_steps": pipeline.meta.get("step"),
               "warm_started_from": pipeline.meta.get("run", {}).get("init"), "clips": args.clips,
@@ -58,7 +61,7 @@ def main() -> None:
               "eta": args.eta, "device": device, "machine": platform.processor(),
               "threads": args.threads,
               # which autoencoders decoded the generations (their sha256 in data/checkpoints/MANIFEST.json)
-              "autoencoders": {name: checkpoints.sha256(CHECKPOINTS / f"{name}.safetensors")[:12]
+              "autoencoders": {name: checkpoints.sha256(folder / f"{name}.safetensors")[:12]
                                for name in ("video_ae", "audio_ae")},
               # how decoded log-mels became waveforms: the trained post-net + Griffin-Lim, or Griffin-Lim alone
               "vocoder": vocoder_name(pipeline.audio_ae),

@@ -209,3 +209,69 @@ def test_decoder_trunk_starts_as_the_identity_and_stays_causal():
         delta = (deep.decode(latent) - deep.decode(changed)).abs().amax(dim=(0, 1, 3, 4))  # [17]
     assert torch.all(delta[:5] == 0) and delta[5:9].max() > 0
     assert delta[13:].max() > 0  # each block looks one latent frame further back: a longer memory, still causal
+
+
+def test_object_cells_is_the_objects_share_of_each_latent_cell():
+    from avdit_mini.video_ae import object_cells
+
+    video = torch.full((1, 3, 17, 64, 64), 0.2)
+    video[0, :, :, 8:16, 16:20] = 0.9                      # half of latent cell (1, 2) in every frame
+    cells = object_cells(video)
+    assert cells.shape == (1, 5, 8, 8)
+    assert torch.allclose(cells[0, :, 1, 2], torch.full((5,), 0.5))
+    assert cells.sum() == pytest.approx(5 * 0.5)           # nowhere else
+    video[0, :, 1:5] = 0.2                                 # gone from the second time group (frames 1-4)
+    assert object_cells(video)[0, 1].sum() == 0 and object_cells(video)[0, 0, 1, 2] == 0.5
+
+
+def test_shape_readout_cannot_grow_its_way_to_confidence():
+    """ShapeReadout: unit-length rows over the latent in its own spread -- scaling the latent changes no logit,
+    so only a code that stands apart from the latent's spread lowers the cross-entropy."""
+    from avdit_mini.video_ae import ShapeReadout, shape_alignment_error
+
+    torch.manual_seed(0)
+    readout = ShapeReadout(8, 3, scale=4.0)
+    latent = torch.randn(4, 8, 5, 8, 8)
+    spread = latent.std(dim=(0, 2, 3, 4))
+    logits = readout(latent, spread)
+    assert logits.shape == (4, 3, 5, 8, 8)
+    assert torch.allclose(readout(10 * latent, 10 * spread), logits, atol=1e-5)
+    readout.direction.data *= 100                          # longer rows: the same logits
+    assert torch.allclose(readout(latent, spread), logits, atol=1e-5)
+    shapes = torch.tensor([0, 1, 2, 0])
+    cells = torch.zeros(4, 5, 8, 8)
+    cells[:, :, 3, 3] = 1.0                                # the object in one cell per frame
+    error = shape_alignment_error(logits, shapes, cells)
+    picked = torch.nn.functional.cross_entropy(logits[:, :, :, 3, 3], shapes[:, None].expand(4, 5))
+    assert float(error) == pytest.approx(float(picked), rel=1e-5)  # cells the object does not touch weigh nothing
+    code = torch.zeros(4, 8, 5, 8, 8)                      # a loud code in the read-out's own directions
+    rows = torch.nn.functional.normalize(readout.direction.data, dim=1)
+    code[:, :, :, 3, 3] = 6 * rows[shapes][:, :, None]
+    assert shape_alignment_error(readout(code, torch.ones(8)), shapes, cells) < error
+
+
+@pytest.mark.parametrize("frame", [1, 5, 16])
+def test_encoder_blocks_start_as_the_identity_and_stay_causal(frame):
+    """Blocks on the encoder's 8 x 8 grid (``encoder_blocks``) leave a trained encoder's latents unchanged until
+    they learn; once they do, they let a cell see its neighbours, never a later frame."""
+    torch.manual_seed(0)
+    deep = VideoAutoencoder(replace(TINY_VIDEO_CONFIG, encoder_blocks=2)).eval()
+    plain = VideoAutoencoder(TINY_VIDEO_CONFIG).eval()
+    plain.load_state_dict({k: v for k, v in deep.state_dict().items() if not k.startswith("encoder_trunk.")})
+    assert "encoder_blocks" not in plain.config.to_dict()            # configs stored before the field still match
+    video = torch.rand(1, 3, 17, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(deep.encode(video), plain.encode(video))
+        for block in deep.encoder_trunk:
+            torch.nn.init.normal_(block.expand.conv.weight, std=0.05)
+        assert not torch.equal(deep.encode(video), plain.encode(video))
+        changed = video.clone()
+        changed[:, :, frame] = torch.rand(3, 64, 64)
+        delta = (deep.encode(video) - deep.encode(changed)).abs().amax(dim=(0, 1, 3, 4))  # [5]
+        spot = video.clone()
+        spot[:, :, :, 28:36, 28:36] = 1.0                              # one latent cell's pixels, (3, 3)
+        reach = (deep.encode(video) - deep.encode(spot)).abs().amax(dim=(0, 1, 2))
+        near = (plain.encode(video) - plain.encode(spot)).abs().amax(dim=(0, 1, 2))
+    group = (frame + 3) // 4
+    assert torch.all(delta[:group] == 0) and delta[group] > 0
+    assert near[3, 6] == 0 and near[6, 3] == 0 and reach[3, 6] > 0   # two blocks see two cells further than before

@@ -350,3 +350,41 @@ def test_the_shipped_checkpoints_match_their_manifest_and_budget():
         assert text == checkpoints._json_text(json.loads(text)) + "\n", f"{meta.name} was not written by save_checkpoint"
     total = sum(f.stat().st_size for f in SHIPPED.iterdir() if f.is_file())
     assert total <= SHIPPED_BUDGET_BYTES, f"data/checkpoints holds {total / 2**20:.1f} MiB"
+
+
+def test_shape_alignment_finetunes_both_sides_and_resumes_exactly(tmp_path):
+    """--finetune STEM --shape-alignment W: encoder and decoder both train, a shape read-out learns beside them
+    (saved with each checkpoint), and an interrupted run resumes to the same losses and weights."""
+    common = ["autoencoder", "--modality", "video", "--tiny", "--batch-size", "2", "--warmup", "1",
+              "--eval-clips", "0", "--no-manifest", "--threads", "1"]
+    main(common + ["--steps", "2", "--out", str(tmp_path / "base")])
+    aligned = common + ["--steps", "4", "--finetune", str(tmp_path / "base"), "--shape-alignment", "0.1",
+                        "--loss-frames", "3", "--edge-weight", "0.1"]
+    main(aligned + ["--out", str(tmp_path / "full")])
+    main(aligned + ["--out", str(tmp_path / "split"), "--stop-after", "2"])
+    assert (tmp_path / "split.readout.pt").exists()
+    main(aligned + ["--out", str(tmp_path / "split"), "--resume"])
+    full = json.loads((tmp_path / "full.json").read_text())
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert split["loss_log"] == pytest.approx(full["loss_log"], rel=1e-5) and len(full["loss_log"]) == 4
+    base, _ = checkpoints.load_checkpoint(tmp_path / "base")
+    a, _ = checkpoints.load_checkpoint(tmp_path / "full")
+    b, _ = checkpoints.load_checkpoint(tmp_path / "split")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert any(not torch.equal(base[k], a[k]) for k in base if k.startswith("encoder."))  # the latents moved
+    readouts = [torch.load(tmp_path / f"{n}.readout.pt", weights_only=True)["readout"] for n in ("full", "split")]
+    assert all(torch.allclose(readouts[0][k], readouts[1][k], atol=1e-6) for k in readouts[0])
+    plain = common + ["--steps", "1", "--finetune", str(tmp_path / "base"), "--out", str(tmp_path / "plain")]
+    main(plain)                                           # --finetune alone: no read-out, the loss as ever
+    assert not (tmp_path / "plain.readout.pt").exists()
+    (tmp_path / "split.readout.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="read-out"):
+        main(aligned + ["--out", str(tmp_path / "split"), "--resume"])
+    with pytest.raises(ValueError, match="frozen encoder"):
+        main(common + ["--steps", "1", "--finetune-decoder", str(tmp_path / "base"), "--shape-alignment", "1",
+                       "--out", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="exclude each other"):
+        main(plain + ["--finetune-decoder", str(tmp_path / "base")])
+    with pytest.raises(ValueError, match="video autoencoder"):
+        main(["autoencoder", "--modality", "audio", "--tiny", "--steps", "1", "--shape-alignment", "1", "--no-manifest",
+              "--eval-clips", "0", "--out", str(tmp_path / "audio")])

@@ -162,3 +162,23 @@ def test_high_frequency_gain_is_stored_with_the_model_and_kept_by_a_warm_start(w
     assert "scaler.high_frequency_gain" in state
     save_file({k: v for k, v in state.items() if k != "scaler.high_frequency_gain"}, str(folder / "avdit_quiet.safetensors"))
     assert float(load_pipeline("quiet", folder).scaler.high_frequency_gain) == 1.0
+
+
+def test_refit_scaling_warm_starts_the_network_on_other_latents(workspace):
+    """--init STEM --refit-scaling: the saved network, with the scaling fitted afresh to this run's latents
+    (an encoder fine-tuned to say its shape makes other latents)."""
+    folder, latents = workspace
+    train(folder, latents, folder / "avdit_base", "--steps", "3")
+    other = folder / "latents_shifted.safetensors"
+    g = torch.Generator().manual_seed(2)
+    save_file({"video": 2 * torch.randn(16, 8, 5, 8, 8, generator=g) + 1, "audio": torch.randn(16, 8, 34, generator=g)}, str(other))
+    result = train(folder, other, folder / "avdit_refit", "--steps", "2", "--init", str(folder / "avdit_base"),
+                   "--refit-scaling")
+    refit = load_pipeline("refit", folder)
+    assert refit.scaler.video_mean.mean() == pytest.approx(1.0, abs=0.1)   # this run's latents, not the init's
+    assert refit.scaler.video_std.mean() == pytest.approx(2.0, abs=0.1)
+    assert json.loads((folder / "avdit_refit.json").read_text())["run"]["refit_scaling"] is True
+    cold = train(folder, other, folder / "avdit_refit_cold", "--steps", "2")
+    assert result["loss_log"][0]["loss"] != cold["loss_log"][0]["loss"]    # the network was warm-started
+    with pytest.raises(ValueError, match="warm start"):
+        train(folder, other, folder / "avdit_y", "--steps", "1", "--refit-scaling")
