@@ -236,9 +236,11 @@ def freeze_encoder_from(model: nn.Module, stem: Path, freeze: bool = True) -> No
             fresh.add(key.rsplit(".", 1)[0])
     model.load_state_dict(weights)
     if freeze:
-        if len(model.encoder_trunk):
-            raise ValueError("--finetune-decoder keeps the encoder as it was: it cannot add --encoder-blocks (use --finetune)")
+        if any(name.startswith("encoder_trunk.") for name in fresh):
+            raise ValueError(f"--finetune-decoder keeps the encoder as it was: {stem} has no such --encoder-blocks to keep "
+                             "(use --finetune to add them)")
         model.encoder.requires_grad_(False)
+        model.encoder_trunk.requires_grad_(False)
     log(f"{'decoder' if freeze else 'whole-autoencoder'} fine-tune from {stem}: encoder {'frozen' if freeze else 'trained'}, "
         f"new layers {sorted(fresh)}")
 

@@ -17,6 +17,13 @@ For each video autoencoder named (a checkpoint stem), on the same clips:
   squared error a wrong shape is worth.
 * **the round trip**: PSNR and chapter 1's video probes on the reconstructions of the ``--clips`` val
   clips, with the shape right by true shape and size (``bench_decoders.py``'s score).
+
+With ``--generated NAME`` (the pipeline ``<folder of the last autoencoder>/avdit_NAME``), the last
+autoencoder's read-out is also turned on what that diffusion model generates: for ``--tasks`` on
+``--generated-clips`` test clips, the cells of the generated latent frames vote, each weighed by how much
+of it the *decoded* object covers, and the vote is compared with the condition clip's true shape and with
+what the probe reads from the decoded clip. It tells whether the model wrote the shape's code into
+the latent (and the decoder did not draw it), or did not write it.
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ import torch
 from avdit_mini import checkpoints, probes
 from avdit_mini.data import SHAPES, WorldDataset
 from avdit_mini.latents import spatial_frequency
-from avdit_mini.pipeline import load_autoencoder
+from avdit_mini.metrics import score_clip
+from avdit_mini.pipeline import load_autoencoder, load_pipeline
+from avdit_mini.tasks import generate, resolve_task
 from avdit_mini.train import val_batches
 from avdit_mini.video_ae import ShapeReadout, object_cells, shape_alignment_error
 from bench_decoders import score
@@ -99,6 +108,40 @@ def spectrum(model: torch.nn.Module, n_clips: int, mean: torch.Tensor, std: torc
             "loudness": round(sum(energy.values()) / sum(total.values()), 4)}
 
 
+def generated_code(name: str, folder: Path, read, tasks: list[str], n_clips: int, batch_size: int = 25) -> dict:
+    """What the read-out ``read`` (latent [B, C, 5, 8, 8] -> logits) sees in the latents pipeline ``name`` generates."""
+    pipeline = load_pipeline(name, folder, vocoder="griffin-lim")
+    dataset = WorldDataset(n_clips, "test")
+    out = {}
+    for task in tasks:
+        pattern = resolve_task(task, pipeline.geometry.segments)
+        generated_frames = (~pattern[0]).nonzero().flatten()  # the video latent frames the model generates
+        votes_right, probe_right, agree = [], [], []
+        counts = {s: {d: 0 for d in SHAPES} for s in SHAPES}
+        for start in range(0, n_clips, batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, n_clips))]
+            condition = {"video": torch.stack([i["video"] for i in items]), "audio": torch.stack([i["audio"] for i in items])}
+            with torch.no_grad():
+                g = generate(pipeline, task, condition, seed=start, batch_size=len(items))
+                latent = pipeline.scaler.unscale(g.latents.video, g.latents.audio)[0]
+                cells = object_cells(g.video)[:, generated_frames]
+                logits = read(latent).log_softmax(dim=1)[:, :, generated_frames]
+            vote = (logits * cells[:, None]).sum(dim=(2, 3, 4)).argmax(dim=1)
+            for k, item in enumerate(items):
+                truth = item["factors"]["shape"]
+                drawn = score_clip(pattern, g.video[k], g.audio[k], item)["generated_shape"]
+                said = SHAPES[int(vote[k])]
+                votes_right.append(said == truth)
+                probe_right.append(drawn == truth)
+                agree.append(said == drawn)
+                counts[truth][said] += 1
+        out[task] = {"clips": n_clips, "code_says_true_shape": round(float(np.mean(votes_right)), 4),
+                     "probe_reads_true_shape": round(float(np.mean(probe_right)), 4),
+                     "code_and_probe_agree": round(float(np.mean(agree)), 4), "code_counts_by_true_shape": counts}
+        print(name, task, {k: v for k, v in out[task].items() if k != "code_counts_by_true_shape"}, flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--autoencoders", nargs="+", default=["data/checkpoints/video_ae"],
@@ -106,6 +149,10 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=500, help="held-out val clips (read-out test, round trip)")
     parser.add_argument("--fit-clips", type=int, default=800, help="train clips the read-out is fitted on")
     parser.add_argument("--spectrum-clips", type=int, default=300, help="val clips drawn again as each other shape")
+    parser.add_argument("--generated", default=None, metavar="NAME",
+                        help="also read what avdit_NAME (beside the last autoencoder) generates")
+    parser.add_argument("--tasks", nargs="+", default=["continue_2", "a2v"])
+    parser.add_argument("--generated-clips", type=int, default=100)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "shape_code.json"))
     args = parser.parse_args()
@@ -130,8 +177,13 @@ def main() -> None:
                  "shape_spectrum": spectrum(model, args.spectrum_clips, mean, std),
                  "round_trip": score(model, test_set[0], test_set[2], test_set[3])}
         result["autoencoders"][stem] = entry
+        last_read = lambda z, r=readout, m=mean, s=spread: r(z - m, s)  # noqa: E731
         print(stem, json.dumps({k: entry[k] for k in ("readout_val", "shape_spectrum")}),
               {k: entry["round_trip"][k] for k in ("psnr_db", "video_shape", "video_colour", "video_size")}, flush=True)
+    if args.generated:
+        folder = Path(args.autoencoders[-1]).parent
+        result["generated"] = {"pipeline": args.generated, "folder": str(folder), "autoencoder": args.autoencoders[-1],
+                               "tasks": generated_code(args.generated, folder, last_read, args.tasks, args.generated_clips)}
     result["seconds"] = round(time.perf_counter() - began, 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -233,7 +233,8 @@ def test_shape_readout_cannot_grow_its_way_to_confidence():
     readout = ShapeReadout(8, 3, scale=4.0)
     latent = torch.randn(4, 8, 5, 8, 8)
     spread = latent.std(dim=(0, 2, 3, 4))
-    logits = readout(latent, spread)
+    with torch.no_grad():
+        logits = readout(latent, spread)
     assert logits.shape == (4, 3, 5, 8, 8)
     assert torch.allclose(readout(10 * latent, 10 * spread), logits, atol=1e-5)
     readout.direction.data *= 100                          # longer rows: the same logits
@@ -243,7 +244,7 @@ def test_shape_readout_cannot_grow_its_way_to_confidence():
     cells[:, :, 3, 3] = 1.0                                # the object in one cell per frame
     error = shape_alignment_error(logits, shapes, cells)
     picked = torch.nn.functional.cross_entropy(logits[:, :, :, 3, 3], shapes[:, None].expand(4, 5))
-    assert float(error) == pytest.approx(float(picked), rel=1e-5)  # cells the object does not touch weigh nothing
+    assert error.item() == pytest.approx(picked.item(), rel=1e-5)  # cells the object does not touch weigh nothing
     code = torch.zeros(4, 8, 5, 8, 8)                      # a loud code in the read-out's own directions
     rows = torch.nn.functional.normalize(readout.direction.data, dim=1)
     code[:, :, :, 3, 3] = 6 * rows[shapes][:, :, None]

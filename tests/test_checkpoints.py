@@ -388,3 +388,16 @@ def test_shape_alignment_finetunes_both_sides_and_resumes_exactly(tmp_path):
     with pytest.raises(ValueError, match="video autoencoder"):
         main(["autoencoder", "--modality", "audio", "--tiny", "--steps", "1", "--shape-alignment", "1", "--no-manifest",
               "--eval-clips", "0", "--out", str(tmp_path / "audio")])
+    # encoder blocks: added by --finetune (both sides train), kept frozen by a later --finetune-decoder
+    main(common + ["--steps", "2", "--finetune", str(tmp_path / "base"), "--encoder-blocks", "1", "--shape-alignment", "0.1",
+                   "--out", str(tmp_path / "deep")])
+    deep, _ = checkpoints.load_checkpoint(tmp_path / "deep")
+    assert any(k.startswith("encoder_trunk.") for k in deep)
+    main(common + ["--steps", "2", "--finetune-decoder", str(tmp_path / "deep"), "--encoder-blocks", "1", "--latent-noise", "0.3",
+                   "--out", str(tmp_path / "deep_decoder")])
+    redrawn, _ = checkpoints.load_checkpoint(tmp_path / "deep_decoder")
+    assert all(torch.equal(deep[k], redrawn[k]) for k in deep if k.startswith("encoder"))       # encoder and its blocks kept
+    assert any(not torch.equal(deep[k], redrawn[k]) for k in deep if k.startswith("decoder."))
+    with pytest.raises(ValueError, match="no such --encoder-blocks"):
+        main(common + ["--steps", "1", "--finetune-decoder", str(tmp_path / "base"), "--encoder-blocks", "1",
+                       "--out", str(tmp_path / "y")])
