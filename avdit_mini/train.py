@@ -280,7 +280,49 @@ def autoencoder_loss(model: nn.Module, modality: str, batch: dict, edge: float =
     return {"loss": l1 + mse, "l1": l1.detach(), "mse": mse.detach()}
 
 
-class Adversary:
+class Companion:
+    """A small network trained beside the video autoencoder with its own optimiser (the critic, the shape read-out).
+
+    Subclasses set ``net``, ``optimizer``, ``key`` (the state's name and the file's suffix), ``flag``
+    (the option that made it), ``what`` (its name in messages) and ``stats``, and say what to log in :meth:`report`. The state is
+    saved beside each checkpoint (``<stem>.<key>.pt``), so a resume is exact.
+    """
+
+    key, flag, what = "", "", ""  # what: the companion's name in messages
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def path(self, stem: Path) -> Path:
+        return Path(f"{stem}.{self.key}.pt")
+
+    def report(self) -> str:
+        raise NotImplementedError
+
+    def save(self, stem: Path) -> None:
+        state = {self.key: self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
+        checkpoints._atomic_write(self.path(stem), lambda tmp: torch.save(state, tmp))
+        if self.stats:
+            log(self.report())
+
+    def load(self, stem: Path) -> None:
+        if not self.path(stem).exists():
+            raise FileNotFoundError(f"--resume with {self.flag}: {self.path(stem)} is missing (the {self.what}'s state)")
+        state = torch.load(self.path(stem), map_location=next(self.net.parameters()).device, weights_only=True)
+        self.net.load_state_dict(state[self.key])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def reconstruction(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """The latent, the decoded and the real frames (``--loss-frames`` of them) and the reconstruction losses."""
+        args = self.args
+        chosen = random_frames(video, args.loss_frames or video.shape[2])
+        latent = self.model.encode(video)
+        decoded, real = self.model.decode_raw(latent, chosen), video[:, :, chosen]
+        losses = reconstruction_loss(decoded, real, edge=args.edge_weight, pixel=args.pixel_loss, boost=args.object_boost,
+                                     area=args.boost_area, halo=args.halo_weight)
+        return latent, decoded, real, losses
+
+
+class Adversary(Companion):
     """The video decoder's critic (``--adversarial W``, chapter 3): a :class:`FrameCritic`, its optimiser, its loss.
 
     Each step, ``loss(batch, step)`` first trains the critic one step on real frames against the
@@ -292,35 +334,22 @@ class Adversary:
     learns. Its state is saved beside the checkpoint (``<stem>.critic.pt``), so a resume is exact.
     """
 
+    key, flag, what = "critic", "--adversarial", "critic"
+
     def __init__(self, model: nn.Module, args: argparse.Namespace, device: torch.device):
         self.model, self.args, self.weight, self.start = model, args, args.adversarial, args.adversarial_start
-        self.critic = FrameCritic().to(device)
+        self.critic = self.net = FrameCritic().to(device)
         self.optimizer = torch.optim.AdamW(self.critic.parameters(), lr=args.critic_lr, betas=(0.5, 0.9), weight_decay=0.0)
         self.last_layer = next(iter(model.refine.net[-1].parameters() if model.refine is not None else model.decoder[-1].parameters()))
         self.stats: list[tuple[float, float, float]] = []
 
-    def path(self, stem: Path) -> Path:
-        return Path(f"{stem}.critic.pt")
-
-    def save(self, stem: Path) -> None:
-        state = {"critic": self.critic.state_dict(), "optimizer": self.optimizer.state_dict()}
-        checkpoints._atomic_write(self.path(stem), lambda tmp: torch.save(state, tmp))
-        if self.stats:
-            critic, adversarial, balance = np.mean(self.stats[-50:], axis=0)
-            log(f"critic: hinge loss {critic:.3f}, decoder's adversarial term {adversarial:.3f}, lambda {balance:.2e}")
-
-    def load(self, stem: Path) -> None:
-        if not self.path(stem).exists():
-            raise FileNotFoundError(f"--resume with --adversarial: {self.path(stem)} is missing (the critic's state)")
-        state = torch.load(self.path(stem), map_location=next(self.critic.parameters()).device, weights_only=True)
-        self.critic.load_state_dict(state["critic"])
-        self.optimizer.load_state_dict(state["optimizer"])
+    def report(self) -> str:
+        critic, adversarial, balance = np.mean(self.stats[-50:], axis=0)
+        return f"critic: hinge loss {critic:.3f}, decoder's adversarial term {adversarial:.3f}, lambda {balance:.2e}"
 
     def loss(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
-        video, args = batch["video"], self.args
-        chosen = random_frames(video, args.loss_frames or video.shape[2])
-        latent = self.model.encode(video)
-        decoded, real = self.model.decode_raw(latent, chosen), video[:, :, chosen]
+        args = self.args
+        _, decoded, real, losses = self.reconstruction(batch["video"])
         real_crops, decoded_crops = object_crops([real, decoded.clamp(0, 1)], real, args.critic_crop)
         if args.critic_zoom > 1:  # each pixel drawn as a zoom x zoom block: a 1-pixel corner spans the critic's stride
             real_crops, decoded_crops = (F.interpolate(c, scale_factor=args.critic_zoom, mode="nearest")
@@ -332,8 +361,6 @@ class Adversary:
         critic_loss.backward()
         self.optimizer.step()
         # 2. the decoder: reconstruction + the balanced adversarial term
-        losses = reconstruction_loss(decoded, real, edge=args.edge_weight, pixel=args.pixel_loss, boost=args.object_boost,
-                                     area=args.boost_area, halo=args.halo_weight)
         self.critic.requires_grad_(False)
         adversarial = -self.critic(decoded_crops).mean()
         balance = torch.zeros(())
@@ -346,7 +373,7 @@ class Adversary:
         return {**losses, "critic": critic_loss.detach(), "adversarial": adversarial.detach()}
 
 
-class ShapeAligner:
+class ShapeAligner(Companion):
     """``--shape-alignment W`` (chapter 3, "Teaching the latent its shape"): the latent must say the shape in every cell.
 
     Like aligning a latent with a pretrained network's features (Yao et al., 2025, VA-VAE), but the
@@ -358,39 +385,24 @@ class ShapeAligner:
     saved beside the checkpoint (``<stem>.readout.pt``), so a resume is exact.
     """
 
+    key, flag, what = "readout", "--shape-alignment", "shape read-out"
+
     def __init__(self, model: nn.Module, args: argparse.Namespace, device: torch.device):
         self.model, self.args, self.weight = model, args, args.shape_alignment
-        self.readout = ShapeReadout(model.config.latent_channels, len(SHAPES), args.alignment_scale).to(device)
+        self.readout = self.net = ShapeReadout(model.config.latent_channels, len(SHAPES), args.alignment_scale).to(device)
         self.optimizer = torch.optim.AdamW(self.readout.parameters(), lr=1e-3, weight_decay=0.0)
         self.stats: list[tuple[float, float]] = []
 
-    def path(self, stem: Path) -> Path:
-        return Path(f"{stem}.readout.pt")
-
-    def save(self, stem: Path) -> None:
-        state = {"readout": self.readout.state_dict(), "optimizer": self.optimizer.state_dict()}
-        checkpoints._atomic_write(self.path(stem), lambda tmp: torch.save(state, tmp))
-        if self.stats:
-            error, accuracy = np.mean(self.stats[-50:], axis=0)
-            log(f"shape read-out: cross-entropy {error:.3f}, right in {100 * accuracy:.1f}% of the object's cells")
-
-    def load(self, stem: Path) -> None:
-        if not self.path(stem).exists():
-            raise FileNotFoundError(f"--resume with --shape-alignment: {self.path(stem)} is missing (the read-out's state)")
-        state = torch.load(self.path(stem), map_location=next(self.readout.parameters()).device, weights_only=True)
-        self.readout.load_state_dict(state["readout"])
-        self.optimizer.load_state_dict(state["optimizer"])
+    def report(self) -> str:
+        error, accuracy = np.mean(self.stats[-50:], axis=0)
+        return f"shape read-out: cross-entropy {error:.3f}, right in {100 * accuracy:.1f}% of the object's cells"
 
     def loss(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
-        video, args = batch["video"], self.args
+        video = batch["video"]
         if "factors" not in batch:
             raise ValueError("--shape-alignment needs each clip's factors (the world's clips have them)")
         shapes = torch.tensor([SHAPES.index(f["shape"]) for f in batch["factors"]], device=video.device)
-        chosen = random_frames(video, args.loss_frames or video.shape[2])
-        latent = self.model.encode(video)
-        losses = reconstruction_loss(self.model.decode_raw(latent, chosen), video[:, :, chosen], edge=args.edge_weight,
-                                     pixel=args.pixel_loss, boost=args.object_boost, area=args.boost_area,
-                                     halo=args.halo_weight)
+        latent, _, _, losses = self.reconstruction(video)
         cells, spread = object_cells(video), latent.detach().std(dim=(0, 2, 3, 4))
         # 1. the read-out: one step on the detached latent
         self.readout.requires_grad_(True)

@@ -186,6 +186,24 @@ def test_latent_noise_perturbs_only_what_the_decoder_sees(tmp_path):
     assert "--latent-noise 0.5" in meta["command"]
 
 
+def _run_split_and_whole(tmp_path, args: list[str], key: str) -> dict:
+    """Train ``args`` in one go (``full``) and interrupted after 2 of 4 steps then resumed (``split``): the same losses,
+    weights and companion state (``<stem>.<key>.pt``, saved with each checkpoint). Returns the full run's weights."""
+    main(args + ["--out", str(tmp_path / "full")])
+    main(args + ["--out", str(tmp_path / "split"), "--stop-after", "2"])
+    assert (tmp_path / f"split.{key}.pt").exists()
+    main(args + ["--out", str(tmp_path / "split"), "--resume"])
+    full = json.loads((tmp_path / "full.json").read_text())
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert split["loss_log"] == pytest.approx(full["loss_log"], rel=1e-5) and len(full["loss_log"]) == 4
+    a, _ = checkpoints.load_checkpoint(tmp_path / "full")
+    b, _ = checkpoints.load_checkpoint(tmp_path / "split")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    states = [torch.load(tmp_path / f"{n}.{key}.pt", weights_only=True)[key] for n in ("full", "split")]
+    assert all(torch.allclose(states[0][k], states[1][k], atol=1e-6) for k in states[0])
+    return a
+
+
 def test_adversarial_finetune_trains_a_critic_and_resumes_exactly(tmp_path):
     """--adversarial: a patch critic learns beside the decoder, its state is saved with each checkpoint,
     an interrupted run resumes to the same losses and weights, and the encoder is never touched."""
@@ -211,21 +229,10 @@ def test_adversarial_finetune_trains_a_critic_and_resumes_exactly(tmp_path):
     main(common + ["--steps", "2", "--out", str(tmp_path / "base")])
     adversarial = common + ["--steps", "4", "--finetune-decoder", str(tmp_path / "base"), "--adversarial", "0.5",
                             "--adversarial-start", "1", "--loss-frames", "3", "--edge-weight", "0.1", "--pixel-loss", "l1"]
-    main(adversarial + ["--out", str(tmp_path / "full")])
-    main(adversarial + ["--out", str(tmp_path / "split"), "--stop-after", "2"])
-    assert (tmp_path / "split.critic.pt").exists()
-    main(adversarial + ["--out", str(tmp_path / "split"), "--resume"])
-    full = json.loads((tmp_path / "full.json").read_text())
-    split = json.loads((tmp_path / "split.json").read_text())
-    assert split["loss_log"] == pytest.approx(full["loss_log"], rel=1e-5) and len(full["loss_log"]) == 4
+    a = _run_split_and_whole(tmp_path, adversarial, "critic")
     base, _ = checkpoints.load_checkpoint(tmp_path / "base")
-    a, _ = checkpoints.load_checkpoint(tmp_path / "full")
-    b, _ = checkpoints.load_checkpoint(tmp_path / "split")
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert all(torch.equal(base[k], a[k]) for k in base if k.startswith("encoder."))
     assert any(not torch.equal(base[k], a[k]) for k in base if k.startswith("decoder."))
-    critics = [torch.load(tmp_path / f"{n}.critic.pt", weights_only=True)["critic"] for n in ("full", "split")]
-    assert all(torch.allclose(critics[0][k], critics[1][k], atol=1e-6) for k in critics[0])
     (tmp_path / "split.critic.pt").unlink()
     with pytest.raises(FileNotFoundError, match="critic"):
         main(adversarial + ["--out", str(tmp_path / "split"), "--resume"])
@@ -360,20 +367,9 @@ def test_shape_alignment_finetunes_both_sides_and_resumes_exactly(tmp_path):
     main(common + ["--steps", "2", "--out", str(tmp_path / "base")])
     aligned = common + ["--steps", "4", "--finetune", str(tmp_path / "base"), "--shape-alignment", "0.1",
                         "--loss-frames", "3", "--edge-weight", "0.1"]
-    main(aligned + ["--out", str(tmp_path / "full")])
-    main(aligned + ["--out", str(tmp_path / "split"), "--stop-after", "2"])
-    assert (tmp_path / "split.readout.pt").exists()
-    main(aligned + ["--out", str(tmp_path / "split"), "--resume"])
-    full = json.loads((tmp_path / "full.json").read_text())
-    split = json.loads((tmp_path / "split.json").read_text())
-    assert split["loss_log"] == pytest.approx(full["loss_log"], rel=1e-5) and len(full["loss_log"]) == 4
+    a = _run_split_and_whole(tmp_path, aligned, "readout")
     base, _ = checkpoints.load_checkpoint(tmp_path / "base")
-    a, _ = checkpoints.load_checkpoint(tmp_path / "full")
-    b, _ = checkpoints.load_checkpoint(tmp_path / "split")
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert any(not torch.equal(base[k], a[k]) for k in base if k.startswith("encoder."))  # the latents moved
-    readouts = [torch.load(tmp_path / f"{n}.readout.pt", weights_only=True)["readout"] for n in ("full", "split")]
-    assert all(torch.allclose(readouts[0][k], readouts[1][k], atol=1e-6) for k in readouts[0])
     plain = common + ["--steps", "1", "--finetune", str(tmp_path / "base"), "--out", str(tmp_path / "plain")]
     main(plain)                                           # --finetune alone: no read-out, the loss as ever
     assert not (tmp_path / "plain.readout.pt").exists()
