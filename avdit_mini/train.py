@@ -342,14 +342,18 @@ class Adversary(Companion):
         self.optimizer = torch.optim.AdamW(self.critic.parameters(), lr=args.critic_lr, betas=(0.5, 0.9), weight_decay=0.0)
         self.last_layer = next(iter(model.refine.net[-1].parameters() if model.refine is not None else model.decoder[-1].parameters()))
         self.stats: list[tuple[float, float, float]] = []
+        self.head_loss: ShapeHeadLoss | None = None  # set by run_autoencoder with --shape-head
 
     def report(self) -> str:
         critic, adversarial, balance = np.mean(self.stats[-50:], axis=0)
-        return f"critic: hinge loss {critic:.3f}, decoder's adversarial term {adversarial:.3f}, lambda {balance:.2e}"
+        head = f"; {self.head_loss.report()}" if self.head_loss is not None else ""
+        return f"critic: hinge loss {critic:.3f}, decoder's adversarial term {adversarial:.3f}, lambda {balance:.2e}{head}"
 
     def loss(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         args = self.args
-        _, decoded, real, losses = self.reconstruction(batch["video"])
+        latent, decoded, real, losses = self.reconstruction(batch["video"])
+        if self.head_loss is not None:  # --shape-head too: the decoder's shape reader learns beside the critic
+            losses = self.head_loss.add_to(losses, latent, batch)
         real_crops, decoded_crops = object_crops([real, decoded.clamp(0, 1)], real, args.critic_crop)
         if args.critic_zoom > 1:  # each pixel drawn as a zoom x zoom block: a 1-pixel corner spans the critic's stride
             real_crops, decoded_crops = (F.interpolate(c, scale_factor=args.critic_zoom, mode="nearest")
@@ -419,6 +423,46 @@ class ShapeAligner(Companion):
         losses["loss"] = losses["loss"] + self.weight * alignment
         self.stats.append((float(alignment.detach()), float(accuracy)))
         return {**losses, "alignment": alignment.detach()}
+
+
+class ShapeHeadLoss:
+    """``--shape-head W`` (chapter 3, "A decoder that reads the shape"): the decoder's :class:`ShapeHead` learns the shape.
+
+    The loss of a batch is the reconstruction loss (``--loss-frames`` of each clip, as every video
+    loss) plus ``W`` x the head's cross-entropy in each latent cell the object covers, weighed by its
+    share of the cell (:func:`shape_alignment_error`). The head is part of the decoder, so its state
+    is in the checkpoint and a resume is exact; the encoder is untouched (``--finetune-decoder``).
+    """
+
+    def __init__(self, model: nn.Module, args: argparse.Namespace):
+        self.model, self.args, self.weight = model, args, args.shape_head
+        self.stats: list[tuple[float, float]] = []
+
+    def __call__(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        args, video = self.args, batch["video"]
+        chosen = random_frames(video, args.loss_frames or video.shape[2])
+        latent = self.model.encode(video)
+        losses = reconstruction_loss(self.model.decode_raw(latent, chosen), video[:, :, chosen], edge=args.edge_weight,
+                                     pixel=args.pixel_loss, boost=args.object_boost, area=args.boost_area,
+                                     halo=args.halo_weight)
+        return self.add_to(losses, latent, batch)
+
+    def add_to(self, losses: dict[str, torch.Tensor], latent: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+        """``losses`` with W x the head's cross-entropy on ``latent`` (the batch's clips) added to its total."""
+        video = batch["video"]
+        if "factors" not in batch:
+            raise ValueError("--shape-head needs each clip's factors (the world's clips have them)")
+        shapes = torch.tensor([SHAPES.index(f["shape"]) for f in batch["factors"]], device=video.device)
+        logits, cells = self.model.shape_logits(latent), object_cells(video)
+        error = shape_alignment_error(logits, shapes, cells)
+        right = (logits.argmax(dim=1) == shapes.reshape(-1, 1, 1, 1)).float()
+        self.stats.append((float(error.detach()), float((right * cells).sum() / cells.sum().clamp(min=1e-6))))
+        losses["loss"] = losses["loss"] + self.weight * error
+        return {**losses, "shape_head": error.detach()}
+
+    def report(self) -> str:
+        error, accuracy = np.mean(self.stats[-50:], axis=0) if self.stats else (float("nan"), float("nan"))
+        return f"shape head: cross-entropy {error:.3f}, right in {100 * accuracy:.1f}% of the object's cells"
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -496,7 +540,8 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
     np.random.seed(args.seed)
     model, config = build_autoencoder(args.modality, args.tiny, refine_width=args.refine_width,
                                       refine_depth=args.refine_depth, refine_hints=args.refine_hints,
-                                      decoder_blocks=args.decoder_blocks, encoder_blocks=args.encoder_blocks)
+                                      decoder_blocks=args.decoder_blocks, encoder_blocks=args.encoder_blocks,
+                                      shape_head=len(SHAPES) if getattr(args, "shape_head", 0) else None)
     if args.finetune_decoder and args.finetune:
         raise ValueError("--finetune-decoder (encoder frozen) and --finetune (both sides) exclude each other: pass one")
     if args.finetune_decoder or args.finetune:
@@ -521,6 +566,15 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
         if args.adversarial or args.latent_noise:
             raise ValueError("--shape-alignment does not combine with --adversarial or --latent-noise: one at a time")
         companion = ShapeAligner(model, args, device)  # the same hooks as the critic: its own loss, its own state
+    head_loss = None
+    if args.shape_head:
+        if args.modality != "video":
+            raise ValueError("--shape-head is for the video decoder (--modality video)")
+        if args.shape_alignment or args.latent_noise:
+            raise ValueError("--shape-head does not combine with --shape-alignment or --latent-noise: one at a time")
+        head_loss = ShapeHeadLoss(model, args)
+        if companion:  # the critic's loss adds the head's term (--adversarial with --shape-head)
+            companion.head_loss, head_loss = head_loss, None
     optimizer, scheduler, step, loss_log = optimiser_and_resume(model, args, config, steps)
     stem = Path(args.out)
     parameters = sum(p.numel() for p in model.parameters())
@@ -528,10 +582,14 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
         f"{args.threads} threads, {args.workers} data workers, device {device}, profile {profile.name}")
     if companion and args.resume:
         companion.load(stem)
-    step, loss_log = train_loop(model, args, optimizer, scheduler, stem, config, step, steps, batch_size, loss_log,
-                                loss_fn=companion.loss if companion else None,
-                                quick=(lambda: quick_eval(model, "video")) if companion else None,
-                                on_save=companion.save if companion else None)
+    if head_loss:
+        step, loss_log = train_loop(model, args, optimizer, scheduler, stem, config, step, steps, batch_size, loss_log,
+                                    loss_fn=head_loss, quick=lambda: f"{quick_eval(model, 'video')} {head_loss.report()}")
+    else:
+        step, loss_log = train_loop(model, args, optimizer, scheduler, stem, config, step, steps, batch_size, loss_log,
+                                    loss_fn=companion.loss if companion else None,
+                                    quick=(lambda: quick_eval(model, "video")) if companion else None,
+                                    on_save=companion.save if companion else None)
     metrics = evaluate_autoencoder(model, args.modality, args.eval_clips) if args.eval_clips else {}
     log(f"metrics: {metrics}")
     save_final(stem, model, config, optimizer, scheduler, step, loss_log, metrics, args, parameters, batch_size)
@@ -542,8 +600,13 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
 
 def optimiser_and_resume(model: nn.Module, args: argparse.Namespace, config: dict, steps: int):
     """AdamW over the trainable weights with warm-up + cosine; with ``--resume``, everything back from ``--out``."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    head = getattr(model, "shape_head", None)
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    trainable = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    groups = [{"params": trainable}]
+    if head is not None:  # a fresh reader among trained layers: it learns at its own rate (--shape-head-lr)
+        groups.append({"params": list(head.parameters()), "lr": getattr(args, "shape_head_lr", None) or 10 * args.lr})
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     scheduler = warmup_cosine(optimizer, steps, args.warmup)
     step, loss_log = 0, []
     if args.resume:
@@ -1088,6 +1151,12 @@ def build_parser() -> argparse.ArgumentParser:
     autoencoder.add_argument("--shape-alignment", type=float, default=0.0, metavar="W",
                              help="video: + W x the cross-entropy of a linear read-out of the shape from each latent "
                                   "cell the object covers (ShapeAligner; chapter 3)")
+    autoencoder.add_argument("--shape-head", type=float, default=0.0, metavar="W",
+                             help="video: give the decoder its own shape reader (ShapeHead), trained with + W x its "
+                                  "cross-entropy in each latent cell the object covers; its guess is the decoder's "
+                                  "hint (with --finetune-decoder it starts as the identity; chapter 3)")
+    autoencoder.add_argument("--shape-head-lr", type=float, default=None, metavar="LR",
+                             help="video: the shape head's learning rate (default: 10 x --lr; it starts afresh)")
     autoencoder.add_argument("--alignment-scale", type=float, default=4.0,
                              help="video: the read-out's logit scale over the standardised latent (ShapeReadout)")
     add_common_arguments(autoencoder)

@@ -48,11 +48,13 @@ class VideoAEConfig:
     refine_hints: int = 0  # extra channels the decoder draws for the head only (what the colours alone do not say)
     decoder_blocks: int = 0  # residual 3 x 3 blocks on the 8 x 8 latent grid before the decoder draws (LatentBlock)
     encoder_blocks: int = 0  # residual bottleneck blocks on the 8 x 8 grid before the encoder's read-out (EncoderBlock)
+    shape_head: int = 0  # classes of the decoder's own shape reader (ShapeHead; 0: none)
 
     def to_dict(self) -> dict:
         values = asdict(self)
-        if not self.encoder_blocks:  # left out at 0: the configs stored before it existed still match
-            del values["encoder_blocks"]
+        for key in ("encoder_blocks", "shape_head"):  # left out at 0: the configs stored before they existed still match
+            if not values[key]:
+                del values[key]
         return values
 
 
@@ -209,6 +211,38 @@ class EncoderBlock(nn.Module):
         return x + self.expand(F.silu(self.mix(F.silu(self.squeeze(F.silu(x))))))
 
 
+class ShapeHead(nn.Module):
+    """The decoder's own shape reader: per-cell shape logits from the latent, handed to the decoder as a hint.
+
+    The shape of a radius-4 object is in the latent -- chapter 3's small reader names it from the
+    latent in 95% of held-out clips -- but the decoder draws half the small squares and triangles as
+    discs: trained by a squared error alone, it never learnt to find the quiet pattern that says
+    the shape, and unsure, it draws the average shape. This head is that reader inside the decoder:
+    two 3 x 3 convolutions on the latent grid (this latent frame and the one before: causal) and a
+    1 x 1 read-out to one logit per shape in every cell. Trained with the world's labels
+    (``train autoencoder --shape-head W``: the cross-entropy of each cell the object covers), its
+    probabilities enter the decoder's first features through a 3 x 3 convolution that starts at
+    zero, so a head added to a trained decoder starts as the identity. At sampling time it needs no
+    labels: it reads whatever latent it is given (chapter 3, "A decoder that reads the shape").
+    """
+
+    def __init__(self, channels: int, features: int, classes: int = 3, width: int = 64, time_kernel: int = 2):
+        super().__init__()
+        self.read = nn.Sequential(CausalConv3d(channels, width, time_kernel, 3), nn.SiLU(),
+                                  CausalConv3d(width, width, 1, 3), nn.SiLU(), CausalConv3d(width, classes, 1, 1))
+        self.inject = CausalConv3d(classes, features, 1, 3)
+        nn.init.zeros_(self.inject.conv.weight)
+        nn.init.zeros_(self.inject.conv.bias)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        """Latent [B, C, F, H, W] -> shape logits [B, classes, F, H, W]."""
+        return self.read(latent)
+
+    def hint(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits -> what to add to the decoder's first features [B, features, F, H, W]."""
+        return self.inject(logits.softmax(dim=1))
+
+
 # ----------------------------------------------------------------------------------------------
 # The autoencoder
 # ----------------------------------------------------------------------------------------------
@@ -250,6 +284,7 @@ class VideoAutoencoder(nn.Module):
         self.trunk = nn.Sequential(*[LatentBlock(w2, c.decoder_time_kernel) for _ in range(c.decoder_blocks)])
         # before the encoder's last SiLU and read-out (kept apart, so a trained encoder's weights keep their names)
         self.encoder_trunk = nn.Sequential(*[EncoderBlock(w2) for _ in range(c.encoder_blocks)])
+        self.shape_head = ShapeHead(c.latent_channels, w2, c.shape_head, time_kernel=c.decoder_time_kernel) if c.shape_head else None
 
     def _check_video(self, video: torch.Tensor) -> None:
         g = self.geometry
@@ -275,7 +310,10 @@ class VideoAutoencoder(nn.Module):
         expected = (c.latent_channels, g.video_latent_frames, *g.video_latent_hw)
         if latent.ndim != 5 or tuple(latent.shape[1:]) != expected:
             raise ValueError(f"expected a video latent [B, {', '.join(map(str, expected))}], got {list(latent.shape)}")
-        features = self.trunk(self.decoder[0](latent))  # [B, w2, 5, 8, 8]; the trunk is empty unless decoder_blocks
+        features = self.decoder[0](latent)  # [B, w2, 5, 8, 8]
+        if self.shape_head is not None:  # the decoder's own reader says the shape in every cell
+            features = features + self.shape_head.hint(self.shape_head(latent))
+        features = self.trunk(features)  # empty unless decoder_blocks
         drawn = untubelets(self.decoder[1:](features), self.time, c.patch)  # [B, 3 + hints, 17, 64, 64]
         if frames is not None:
             drawn = drawn[:, :, frames]
@@ -283,6 +321,13 @@ class VideoAutoencoder(nn.Module):
         if self.refine is not None:
             video = video + self.refine(drawn)
         return video * 0.5 + 0.5
+
+    def shape_logits(self, latent: torch.Tensor) -> torch.Tensor:
+        """The decoder's shape head on a latent: logits [B, classes, 5, 8, 8] (the model needs ``shape_head``)."""
+        if self.shape_head is None:
+            raise ValueError("this video autoencoder has no shape head (VideoAEConfig.shape_head = 0); "
+                             "train one with `train autoencoder --shape-head W`")
+        return self.shape_head(latent)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Latent [B, C_v, 5, 8, 8] -> video [B, 3, 17, 64, 64] clamped to [0, 1]."""

@@ -7,7 +7,9 @@ Every decoder named (a checkpoint stem made by ``python -m avdit_mini.train auto
 --finetune-decoder data/checkpoints/video_ae ...``, so its encoder must be the shipped one, bit for bit)
 decodes the same latents of ``--clips`` held-out ``val`` clips. For each: PSNR, chapter 1's video probes,
 the shape probe's confusion table and the median fill ratio by true shape (originals: 1 for a square,
-pi/4 for a circle, about 0.57 for a triangle) and how many of each shape and size the probe names right, next to the shipped decoder's. (For a diffusion model's generated latents,
+pi/4 for a circle, about 0.57 for a triangle) and how many of each shape and size the probe names right, next to the shipped decoder's.
+A decoder with its own shape reader (``--shape-head``) also says what that reader votes, each latent cell weighed by
+the object's share of it. (For a diffusion model's generated latents,
 ``bench_shape.py --load-latents FILE --video-ae STEM``.) The command that trained each decoder, and its steps, come from its checkpoint.
 """
 
@@ -25,7 +27,7 @@ from avdit_mini import checkpoints, probes
 from avdit_mini.data import SHAPES, SIZES
 from avdit_mini.pipeline import load_autoencoder
 from avdit_mini.train import val_batches
-from avdit_mini.video_ae import psnr
+from avdit_mini.video_ae import object_cells, psnr
 
 
 def load_decoder(stem: str) -> tuple[torch.nn.Module, dict]:
@@ -76,7 +78,16 @@ def score(model: torch.nn.Module, latents: torch.Tensor, videos: torch.Tensor, f
             confusion[SHAPES.index(f["shape"]), SHAPES.index(seen["shape"])] += 1
         fills[f["shape"]].append(seen["fill_ratio"])
         calls.append(seen["shape"])
+    head = {}
+    if getattr(model, "shape_head", None) is not None:  # the decoder's own shape reader: its vote, cells weighed by the object
+        with torch.no_grad():
+            probs = torch.cat([model.shape_logits(z).softmax(dim=1) for z in latents.split(25)])  # [N, 3, 5, 8, 8]
+        votes = (probs * object_cells(videos)[:, None]).sum(dim=(2, 3, 4)).argmax(dim=1)
+        head_calls = [SHAPES[i] for i in votes.tolist()]
+        head = {"shape_head_vote": float(np.mean([c == f["shape"] for c, f in zip(head_calls, factors)])),
+                "shape_head_right_by_true_size": right_by_shape_and_size(factors, head_calls)}
     return {
+        **head,
         "psnr_db": float(psnr(decoded, videos).mean()),
         **{f"video_{k}": float(np.mean(v)) for k, v in hits.items()},
         "shape_confusion": confusion.tolist(),

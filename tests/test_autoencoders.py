@@ -276,3 +276,43 @@ def test_encoder_blocks_start_as_the_identity_and_stay_causal(frame):
     group = (frame + 3) // 4
     assert torch.all(delta[:group] == 0) and delta[group] > 0
     assert near[3, 6] == 0 and near[6, 3] == 0 and reach[3, 6] > 0   # two blocks see two cells further than before
+
+
+def test_shape_head_starts_as_the_identity_stays_causal_and_learns_the_shape():
+    """The decoder's own shape reader (``shape_head``): added to a trained decoder it changes nothing until it
+    learns; its logits for latent frame k see frames k and k - 1 only; a decoder without one says so when asked."""
+    from avdit_mini.video_ae import shape_alignment_error
+
+    torch.manual_seed(0)
+    headed = VideoAutoencoder(replace(TINY_VIDEO_CONFIG, shape_head=3)).eval()
+    plain = VideoAutoencoder(TINY_VIDEO_CONFIG).eval()
+    plain.load_state_dict({k: v for k, v in headed.state_dict().items() if not k.startswith("shape_head.")})
+    assert "shape_head" not in plain.config.to_dict() and headed.config.to_dict()["shape_head"] == 3
+    latent = torch.randn(2, 8, 5, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(headed.decode(latent), plain.decode(latent))
+        assert headed.shape_logits(latent).shape == (2, 3, 5, 8, 8)
+        torch.nn.init.normal_(headed.shape_head.inject.conv.weight, std=0.05)   # a head the decoder listens to
+        assert not torch.equal(headed.decode(latent), plain.decode(latent))
+        changed = latent.clone()
+        changed[:, :, 2] += 1.0
+        logit_delta = (headed.shape_logits(latent) - headed.shape_logits(changed)).abs().amax(dim=(0, 1, 3, 4))
+        delta = (headed.decode(latent) - headed.decode(changed)).abs().amax(dim=(0, 1, 3, 4))
+    assert torch.all(logit_delta[:2] == 0) and logit_delta[2] > 0 and logit_delta[3] > 0 and logit_delta[4] == 0
+    assert torch.all(delta[:5] == 0) and delta[5:9].max() > 0
+    with pytest.raises(ValueError, match="no shape head"):
+        plain.shape_logits(latent)
+    # the head alone learns a shape written in the latent (a code in the object's cell), the decoder untouched
+    shapes = torch.tensor([0, 1])
+    code = torch.zeros(2, 8, 5, 8, 8)
+    code[0, 0, :, 3, 3], code[1, 1, :, 3, 3] = 3.0, 3.0
+    cells = torch.zeros(2, 5, 8, 8)
+    cells[:, :, 3, 3] = 1.0
+    optimizer = torch.optim.Adam(headed.shape_head.read.parameters(), lr=1e-2)
+    first = shape_alignment_error(headed.shape_logits(code), shapes, cells).item()
+    for _ in range(30):
+        error = shape_alignment_error(headed.shape_logits(code), shapes, cells)
+        optimizer.zero_grad()
+        error.backward()
+        optimizer.step()
+    assert error.item() < 0.1 * first

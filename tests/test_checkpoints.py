@@ -186,12 +186,13 @@ def test_latent_noise_perturbs_only_what_the_decoder_sees(tmp_path):
     assert "--latent-noise 0.5" in meta["command"]
 
 
-def _run_split_and_whole(tmp_path, args: list[str], key: str) -> dict:
+def _run_split_and_whole(tmp_path, args: list[str], key: str | None) -> dict:
     """Train ``args`` in one go (``full``) and interrupted after 2 of 4 steps then resumed (``split``): the same losses,
-    weights and companion state (``<stem>.<key>.pt``, saved with each checkpoint). Returns the full run's weights."""
+    weights and companion state (``<stem>.<key>.pt``, saved with each checkpoint; ``key=None``: no companion).
+    Returns the full run's weights."""
     main(args + ["--out", str(tmp_path / "full")])
     main(args + ["--out", str(tmp_path / "split"), "--stop-after", "2"])
-    assert (tmp_path / f"split.{key}.pt").exists()
+    assert key is None or (tmp_path / f"split.{key}.pt").exists()
     main(args + ["--out", str(tmp_path / "split"), "--resume"])
     full = json.loads((tmp_path / "full.json").read_text())
     split = json.loads((tmp_path / "split.json").read_text())
@@ -199,6 +200,8 @@ def _run_split_and_whole(tmp_path, args: list[str], key: str) -> dict:
     a, _ = checkpoints.load_checkpoint(tmp_path / "full")
     b, _ = checkpoints.load_checkpoint(tmp_path / "split")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    if key is None:
+        return a
     states = [torch.load(tmp_path / f"{n}.{key}.pt", weights_only=True)[key] for n in ("full", "split")]
     assert all(torch.allclose(states[0][k], states[1][k], atol=1e-6) for k in states[0])
     return a
@@ -397,3 +400,34 @@ def test_shape_alignment_finetunes_both_sides_and_resumes_exactly(tmp_path):
     with pytest.raises(ValueError, match="no such --encoder-blocks"):
         main(common + ["--steps", "1", "--finetune-decoder", str(tmp_path / "base"), "--encoder-blocks", "1",
                        "--out", str(tmp_path / "y")])
+
+
+def test_shape_head_finetunes_the_decoder_only_and_resumes_exactly(tmp_path):
+    """--finetune-decoder STEM --shape-head W: the decoder gains its own shape reader, trained with the world's labels;
+    the encoder (so the latents) stays bit for bit; an interrupted run resumes to the same losses and weights."""
+    common = ["autoencoder", "--modality", "video", "--tiny", "--batch-size", "2", "--warmup", "1",
+              "--eval-clips", "0", "--no-manifest", "--threads", "1"]
+    main(common + ["--steps", "2", "--out", str(tmp_path / "base")])
+    headed = common + ["--steps", "4", "--finetune-decoder", str(tmp_path / "base"), "--shape-head", "0.1",
+                       "--loss-frames", "3", "--edge-weight", "0.1"]
+    a = _run_split_and_whole(tmp_path, headed, None)                                     # the head is in the checkpoint
+    assert json.loads((tmp_path / "full.json").read_text())["config"]["model"]["shape_head"] == 3
+    base, _ = checkpoints.load_checkpoint(tmp_path / "base")
+    assert all(torch.equal(base[k], a[k]) for k in base if k.startswith("encoder."))      # the latents stay
+    assert any(k.startswith("shape_head.") for k in a) and not any(k.startswith("shape_head.") for k in base)
+    assert not torch.equal(a["shape_head.inject.conv.weight"], torch.zeros_like(a["shape_head.inject.conv.weight"]))
+    from avdit_mini.pipeline import load_autoencoder
+    decoder = load_autoencoder("video", tmp_path, name="full")                            # loads with its head
+    assert decoder.shape_head is not None and decoder.decode(torch.zeros(1, 8, 5, 8, 8)).shape == (1, 3, 17, 64, 64)
+    with pytest.raises(ValueError, match="one at a time"):
+        main(headed + ["--out", str(tmp_path / "x"), "--latent-noise", "0.3"])
+    # with a critic: the head keeps learning from its labels while the critic judges the drawings
+    main(common + ["--steps", "2", "--finetune-decoder", str(tmp_path / "full"), "--shape-head", "0.1", "--adversarial", "0.5",
+                   "--out", str(tmp_path / "critic")])
+    judged, _ = checkpoints.load_checkpoint(tmp_path / "critic")
+    assert (tmp_path / "critic.critic.pt").exists()
+    assert not torch.equal(judged["shape_head.read.0.conv.weight"], a["shape_head.read.0.conv.weight"])
+    assert all(torch.equal(a[k], judged[k]) for k in a if k.startswith("encoder."))
+    with pytest.raises(ValueError, match="video decoder"):
+        main(["autoencoder", "--modality", "audio", "--tiny", "--steps", "1", "--shape-head", "1", "--no-manifest",
+              "--eval-clips", "0", "--out", str(tmp_path / "audio")])
