@@ -215,8 +215,8 @@ class ShapeHead(nn.Module):
     """The decoder's own shape reader: per-cell shape logits from the latent, handed to the decoder as a hint.
 
     The shape of a radius-4 object is in the latent -- chapter 3's small reader names it from the
-    latent in 95% of held-out clips -- but the decoder draws half the small squares and triangles as
-    discs: trained by a squared error alone, it never learnt to find the quiet pattern that says
+    latent in 95% of held-out clips -- but the decoder draws half the small squares and over a third
+    of the small triangles as discs: trained by a squared error alone, it never learnt to find the quiet pattern that says
     the shape, and unsure, it draws the average shape. This head is that reader inside the decoder:
     two 3 x 3 convolutions on the latent grid (this latent frame and the one before: causal) and a
     1 x 1 read-out to one logit per shape in every cell. Trained with the world's labels
