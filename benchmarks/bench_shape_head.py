@@ -13,6 +13,9 @@ where its knowledge goes:
   Frame 0 has a latent frame of its own; frames 1-16 share one per group of four, so a decoder must place
   the object in four frames from one latent frame. A square's fill is 1, a circle's pi/4: where it sinks
   towards pi/4, the probe calls the square a circle.
+* **does the decoder listen?** The same ``--clips`` val clips decoded with the head's guess replaced by a sure
+  one for each shape in turn (a logit of 10 for it in every cell): how the probe reads the drawings, by true
+  shape and size. If the decoder follows the hint, a forced "square" draws squares.
 * **on a diffusion model's samples** (``--generated NAME``: the pipeline ``<folder of --decoder>/avdit_NAME``):
   for ``--tasks`` on ``--generated-clips`` test clips, the head's vote (its per-cell probabilities' log,
   the cells weighed by how much of each the *decoded* object covers) against the condition clip's true
@@ -62,6 +65,34 @@ def small_fills(decoders: dict, n_clips: int) -> dict:
                    for s, v in by_shape.items() if v} for name, by_shape in rows.items()}
 
 
+def forced_hint(model: torch.nn.Module, n_clips: int) -> dict:
+    """The probe's reading of ``model``'s decodings when its shape head is made to say one shape everywhere."""
+    head, result = model.shape_head, {}
+    for forced in [None, *SHAPES]:
+        original = head.forward
+        if forced is not None:
+            def sure(latent, k=SHAPES.index(forced)):
+                logits = torch.zeros(latent.shape[0], len(SHAPES), *latent.shape[2:], device=latent.device)
+                logits[:, k] = 10.0
+                return logits
+            head.forward = sure
+        counts = {s: {size: {d: 0 for d in SHAPES} for size in range(3)} for s in SHAPES}
+        try:
+            for batch in val_batches(n_clips, 25):
+                with torch.no_grad():
+                    drawn = model.decode(model.encode(batch["video"]))
+                for video, f in zip(drawn, batch["factors"]):
+                    seen = probes.measure_video(video)["shape"]
+                    if seen is not None:
+                        counts[f["shape"]][f["size"]][seen] += 1
+        finally:
+            head.forward = original
+        result[forced or "its own guess"] = counts
+        print("hint:", forced or "its own guess", {s: {d: sum(counts[s][z][d] for z in range(3)) for d in SHAPES}
+                                                   for s in SHAPES}, flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--decoder", required=True, help="checkpoint stem of a video autoencoder with a shape head")
@@ -89,6 +120,7 @@ def main() -> None:
               "shipped_sha256": checkpoints.sha256(checkpoints.checkpoint_paths(Path("data/checkpoints/video_ae"))["weights"])[:12],
               "command": meta.get("command"), "trained_steps": meta.get("step"),
               "radius_4_fill": small_fills({"shipped": shipped, "shape_head": headed}, args.clips)}
+    result["forced_hint"] = forced_hint(headed, args.clips)
     for name, by_shape in result["radius_4_fill"].items():
         print(name, {s: (d["clips"], round(d["fill_by_frame"][0], 3), round(float(np.mean(d["fill_by_frame"][1:])), 3))
                      for s, d in by_shape.items()}, flush=True)
