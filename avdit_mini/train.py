@@ -280,6 +280,29 @@ def autoencoder_loss(model: nn.Module, modality: str, batch: dict, edge: float =
     return {"loss": l1 + mse, "l1": l1.detach(), "mse": mse.detach()}
 
 
+def reconstruction_step(model: nn.Module, args: argparse.Namespace, video: torch.Tensor):
+    """The latent, the decoded and the real frames (``--loss-frames`` of them) and the reconstruction losses."""
+    chosen = random_frames(video, args.loss_frames or video.shape[2])
+    latent = model.encode(video)
+    decoded, real = model.decode_raw(latent, chosen), video[:, :, chosen]
+    losses = reconstruction_loss(decoded, real, edge=args.edge_weight, pixel=args.pixel_loss, boost=args.object_boost,
+                                 area=args.boost_area, halo=args.halo_weight)
+    return latent, decoded, real, losses
+
+
+def shape_labels(batch: dict, flag: str) -> torch.Tensor:
+    """Each clip's shape index [B] from the batch's factors (``flag`` names the option that needs them)."""
+    if "factors" not in batch:
+        raise ValueError(f"{flag} needs each clip's factors (the world's clips have them)")
+    return torch.tensor([SHAPES.index(f["shape"]) for f in batch["factors"]], device=batch["video"].device)
+
+
+def share_of_cells_right(logits: torch.Tensor, shapes: torch.Tensor, cells: torch.Tensor) -> float:
+    """The share of the object's cells (weighed by ``cells``, its coverage) whose logits name the clip's shape."""
+    right = (logits.argmax(dim=1) == shapes.reshape(-1, 1, 1, 1)).float()
+    return float((right * cells).sum() / cells.sum().clamp(min=1e-6))
+
+
 class Companion:
     """A small network trained beside the video autoencoder with its own optimiser (the critic, the shape read-out).
 
@@ -312,14 +335,7 @@ class Companion:
         self.optimizer.load_state_dict(state["optimizer"])
 
     def reconstruction(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-        """The latent, the decoded and the real frames (``--loss-frames`` of them) and the reconstruction losses."""
-        args = self.args
-        chosen = random_frames(video, args.loss_frames or video.shape[2])
-        latent = self.model.encode(video)
-        decoded, real = self.model.decode_raw(latent, chosen), video[:, :, chosen]
-        losses = reconstruction_loss(decoded, real, edge=args.edge_weight, pixel=args.pixel_loss, boost=args.object_boost,
-                                     area=args.boost_area, halo=args.halo_weight)
-        return latent, decoded, real, losses
+        return reconstruction_step(self.model, self.args, video)
 
 
 class Adversary(Companion):
@@ -403,9 +419,7 @@ class ShapeAligner(Companion):
 
     def loss(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         video = batch["video"]
-        if "factors" not in batch:
-            raise ValueError("--shape-alignment needs each clip's factors (the world's clips have them)")
-        shapes = torch.tensor([SHAPES.index(f["shape"]) for f in batch["factors"]], device=video.device)
+        shapes = shape_labels(batch, self.flag)
         latent, _, _, losses = self.reconstruction(video)
         cells, spread = object_cells(video), latent.detach().std(dim=(0, 2, 3, 4))
         # 1. the read-out: one step on the detached latent
@@ -418,10 +432,8 @@ class ShapeAligner(Companion):
         self.readout.requires_grad_(False)
         logits = self.readout(latent, spread)
         alignment = shape_alignment_error(logits, shapes, cells)
-        right = (logits.argmax(dim=1) == shapes.reshape(-1, 1, 1, 1)).float()
-        accuracy = (right * cells).sum() / cells.sum().clamp(min=1e-6)
         losses["loss"] = losses["loss"] + self.weight * alignment
-        self.stats.append((float(alignment.detach()), float(accuracy)))
+        self.stats.append((float(alignment.detach()), share_of_cells_right(logits, shapes, cells)))
         return {**losses, "alignment": alignment.detach()}
 
 
@@ -439,24 +451,15 @@ class ShapeHeadLoss:
         self.stats: list[tuple[float, float]] = []
 
     def __call__(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
-        args, video = self.args, batch["video"]
-        chosen = random_frames(video, args.loss_frames or video.shape[2])
-        latent = self.model.encode(video)
-        losses = reconstruction_loss(self.model.decode_raw(latent, chosen), video[:, :, chosen], edge=args.edge_weight,
-                                     pixel=args.pixel_loss, boost=args.object_boost, area=args.boost_area,
-                                     halo=args.halo_weight)
+        latent, _, _, losses = reconstruction_step(self.model, self.args, batch["video"])
         return self.add_to(losses, latent, batch)
 
     def add_to(self, losses: dict[str, torch.Tensor], latent: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
         """``losses`` with W x the head's cross-entropy on ``latent`` (the batch's clips) added to its total."""
-        video = batch["video"]
-        if "factors" not in batch:
-            raise ValueError("--shape-head needs each clip's factors (the world's clips have them)")
-        shapes = torch.tensor([SHAPES.index(f["shape"]) for f in batch["factors"]], device=video.device)
-        logits, cells = self.model.shape_logits(latent), object_cells(video)
+        shapes = shape_labels(batch, "--shape-head")
+        logits, cells = self.model.shape_logits(latent), object_cells(batch["video"])
         error = shape_alignment_error(logits, shapes, cells)
-        right = (logits.argmax(dim=1) == shapes.reshape(-1, 1, 1, 1)).float()
-        self.stats.append((float(error.detach()), float((right * cells).sum() / cells.sum().clamp(min=1e-6))))
+        self.stats.append((float(error.detach()), share_of_cells_right(logits, shapes, cells)))
         losses["loss"] = losses["loss"] + self.weight * error
         return {**losses, "shape_head": error.detach()}
 
@@ -541,7 +544,7 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
     model, config = build_autoencoder(args.modality, args.tiny, refine_width=args.refine_width,
                                       refine_depth=args.refine_depth, refine_hints=args.refine_hints,
                                       decoder_blocks=args.decoder_blocks, encoder_blocks=args.encoder_blocks,
-                                      shape_head=len(SHAPES) if getattr(args, "shape_head", 0) else None)
+                                      shape_head=len(SHAPES) if args.shape_head else None)
     if args.finetune_decoder and args.finetune:
         raise ValueError("--finetune-decoder (encoder frozen) and --finetune (both sides) exclude each other: pass one")
     if args.finetune_decoder or args.finetune:
@@ -572,9 +575,10 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
             raise ValueError("--shape-head is for the video decoder (--modality video)")
         if args.shape_alignment or args.latent_noise:
             raise ValueError("--shape-head does not combine with --shape-alignment or --latent-noise: one at a time")
-        head_loss = ShapeHeadLoss(model, args)
         if companion:  # the critic's loss adds the head's term (--adversarial with --shape-head)
-            companion.head_loss, head_loss = head_loss, None
+            companion.head_loss = ShapeHeadLoss(model, args)
+        else:
+            head_loss = ShapeHeadLoss(model, args)
     optimizer, scheduler, step, loss_log = optimiser_and_resume(model, args, config, steps)
     stem = Path(args.out)
     parameters = sum(p.numel() for p in model.parameters())
@@ -582,14 +586,14 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
         f"{args.threads} threads, {args.workers} data workers, device {device}, profile {profile.name}")
     if companion and args.resume:
         companion.load(stem)
-    if head_loss:
-        step, loss_log = train_loop(model, args, optimizer, scheduler, stem, config, step, steps, batch_size, loss_log,
-                                    loss_fn=head_loss, quick=lambda: f"{quick_eval(model, 'video')} {head_loss.report()}")
-    else:
-        step, loss_log = train_loop(model, args, optimizer, scheduler, stem, config, step, steps, batch_size, loss_log,
-                                    loss_fn=companion.loss if companion else None,
-                                    quick=(lambda: quick_eval(model, "video")) if companion else None,
-                                    on_save=companion.save if companion else None)
+    quick = None
+    if companion:
+        quick = lambda: quick_eval(model, "video")  # noqa: E731  (the companion logs its own numbers as it saves)
+    elif head_loss:
+        quick = lambda: f"{quick_eval(model, 'video')} {head_loss.report()}"  # noqa: E731
+    step, loss_log = train_loop(model, args, optimizer, scheduler, stem, config, step, steps, batch_size, loss_log,
+                                loss_fn=companion.loss if companion else head_loss, quick=quick,
+                                on_save=companion.save if companion else None)
     metrics = evaluate_autoencoder(model, args.modality, args.eval_clips) if args.eval_clips else {}
     log(f"metrics: {metrics}")
     save_final(stem, model, config, optimizer, scheduler, step, loss_log, metrics, args, parameters, batch_size)
@@ -605,7 +609,7 @@ def optimiser_and_resume(model: nn.Module, args: argparse.Namespace, config: dic
     trainable = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     groups = [{"params": trainable}]
     if head is not None:  # a fresh reader among trained layers: it learns at its own rate (--shape-head-lr)
-        groups.append({"params": list(head.parameters()), "lr": getattr(args, "shape_head_lr", None) or 10 * args.lr})
+        groups.append({"params": list(head.parameters()), "lr": args.shape_head_lr or 10 * args.lr})
     optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     scheduler = warmup_cosine(optimizer, steps, args.warmup)
     step, loss_log = 0, []

@@ -36,6 +36,13 @@ def load_decoder(stem: str) -> tuple[torch.nn.Module, dict]:
     return model, json.loads(checkpoints.checkpoint_paths(stem)["meta"].read_text())
 
 
+def check_same_encoder(model: torch.nn.Module, shipped: torch.nn.Module, stem: str) -> None:
+    """Refuse a decoder whose encoder is not the shipped one bit for bit: its latents would not be the shipped latents."""
+    if any(not torch.equal(a, b) for a, b in zip(model.encoder.state_dict().values(), shipped.encoder.state_dict().values())):
+        raise ValueError(f"{stem}: its encoder is not the shipped one; only decoders fine-tuned with "
+                         "--finetune-decoder data/checkpoints/video_ae can be compared on the same latents")
+
+
 def right_by_shape_and_size(truths: list[dict], calls: list) -> dict[str, list[str]]:
     """``"right/clips"`` per true shape and true size (radius 4, 6, 8 px): how often ``calls`` name the true shape."""
     counts = np.zeros((len(SHAPES), len(SIZES), 2), dtype=int)
@@ -127,9 +134,7 @@ def main() -> None:
     named = {"shipped": ("data/checkpoints/video_ae", shipped, None)}
     for stem in args.decoders:
         model, meta = load_decoder(stem)
-        if any(not torch.equal(a, b) for a, b in zip(model.encoder.state_dict().values(), shipped.encoder.state_dict().values())):
-            raise ValueError(f"{stem}: its encoder is not the shipped one; only decoders fine-tuned with "
-                             "--finetune-decoder data/checkpoints/video_ae can be compared on the same latents")
+        check_same_encoder(model, shipped, stem)
         named[Path(stem).parent.name or stem] = (stem, model, meta)
     for name, (stem, model, meta) in named.items():
         entry = {"stem": stem, "sha256": checkpoints.sha256(checkpoints.checkpoint_paths(stem)["weights"])[:12]}

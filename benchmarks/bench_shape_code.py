@@ -142,6 +142,14 @@ def generated_code(name: str, folder: Path, read, tasks: list[str], n_clips: int
     return out
 
 
+def add_generated_arguments(parser: argparse.ArgumentParser, beside: str) -> None:
+    """``--generated NAME``, ``--tasks``, ``--generated-clips`` and ``--threads`` (``beside``: where avdit_NAME lies)."""
+    parser.add_argument("--generated", default=None, metavar="NAME", help=f"also read what avdit_NAME ({beside}) generates")
+    parser.add_argument("--tasks", nargs="+", default=["continue_2", "a2v"])
+    parser.add_argument("--generated-clips", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--autoencoders", nargs="+", default=["data/checkpoints/video_ae"],
@@ -149,11 +157,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=500, help="held-out val clips (read-out test, round trip)")
     parser.add_argument("--fit-clips", type=int, default=800, help="train clips the read-out is fitted on")
     parser.add_argument("--spectrum-clips", type=int, default=300, help="val clips drawn again as each other shape")
-    parser.add_argument("--generated", default=None, metavar="NAME",
-                        help="also read what avdit_NAME (beside the last autoencoder) generates")
-    parser.add_argument("--tasks", nargs="+", default=["continue_2", "a2v"])
-    parser.add_argument("--generated-clips", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    add_generated_arguments(parser, "beside the last autoencoder")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "shape_code.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

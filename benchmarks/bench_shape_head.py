@@ -36,57 +36,62 @@ from avdit_mini import checkpoints, probes
 from avdit_mini.data import SHAPES
 from avdit_mini.pipeline import load_autoencoder
 from avdit_mini.train import val_batches
-from bench_shape_code import generated_code
+from bench_decoders import check_same_encoder
+from bench_shape_code import add_generated_arguments, generated_code
 
 
 def fill_by_frame(video: torch.Tensor) -> list[float]:
     """The probe's fill ratio of the object in each frame of ``video`` [3, T, H, W] (NaN where it is under 4 pixels)."""
     coverage, _, _ = probes.object_coverage(video)
-    return [float(c.sum() / (c.max(axis=0).sum() * c.max(axis=1).sum())) if c.sum() >= 4 else float("nan")
-            for c in coverage]
+    return [probes._frame_shape(c)[2] for c in coverage]
 
 
-def small_fills(decoders: dict, n_clips: int) -> dict:
-    """Mean fill ratio per frame of the radius-4 objects, by true shape, for the originals and each decoder."""
-    encoder = next(iter(decoders.values()))
-    rows: dict[str, dict[str, list]] = {k: {s: [] for s in SHAPES} for k in ["originals", *decoders]}
+def held_out(encoder: torch.nn.Module, n_clips: int) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """The first ``n_clips`` val clips, their latents and their factors, drawn and encoded once for every measure below."""
+    videos, latents, factors = [], [], []
     for batch in val_batches(n_clips, 25):
-        keep = [i for i, f in enumerate(batch["factors"]) if f["size"] == 0]
-        if not keep:
-            continue
-        video = batch["video"][keep]
         with torch.no_grad():
-            latent = encoder.encode(video)
-            drawn = {"originals": video, **{k: m.decode(latent) for k, m in decoders.items()}}
-        for name, videos in drawn.items():
-            for j, i in enumerate(keep):
-                rows[name][batch["factors"][i]["shape"]].append(fill_by_frame(videos[j]))
+            latents.append(encoder.encode(batch["video"]))
+        videos.append(batch["video"])
+        factors += batch["factors"]
+    return torch.cat(videos), torch.cat(latents), factors
+
+
+def decode(model: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model.decode(z) for z in latents.split(25)])
+
+
+def small_fills(decoders: dict, videos: torch.Tensor, latents: torch.Tensor, factors: list[dict]) -> dict:
+    """Mean fill ratio per frame of the radius-4 objects, by true shape, for the originals and each decoder."""
+    keep = [i for i, f in enumerate(factors) if f["size"] == 0]
+    drawn = {"originals": videos[keep], **{k: decode(m, latents[keep]) for k, m in decoders.items()}}
+    rows = {name: {s: [fill_by_frame(v) for v, i in zip(clips, keep) if factors[i]["shape"] == s] for s in SHAPES}
+            for name, clips in drawn.items()}
     return {name: {s: {"clips": len(v), "fill_by_frame": np.round(np.nanmean(np.array(v), axis=0), 4).tolist()}
                    for s, v in by_shape.items() if v} for name, by_shape in rows.items()}
 
 
-def forced_hint(model: torch.nn.Module, n_clips: int) -> dict:
+def forced_hint(model: torch.nn.Module, latents: torch.Tensor, factors: list[dict]) -> dict:
     """The probe's reading of ``model``'s decodings when its shape head is made to say one shape everywhere."""
     head, result = model.shape_head, {}
     for forced in [None, *SHAPES]:
         original = head.forward
-        if forced is not None:
+        if forced is not None:  # a sure guess: a logit of 10 for the forced shape in every cell
             def sure(latent, k=SHAPES.index(forced)):
                 logits = torch.zeros(latent.shape[0], len(SHAPES), *latent.shape[2:], device=latent.device)
                 logits[:, k] = 10.0
                 return logits
             head.forward = sure
-        counts = {s: {size: {d: 0 for d in SHAPES} for size in range(3)} for s in SHAPES}
         try:
-            for batch in val_batches(n_clips, 25):
-                with torch.no_grad():
-                    drawn = model.decode(model.encode(batch["video"]))
-                for video, f in zip(drawn, batch["factors"]):
-                    seen = probes.measure_video(video)["shape"]
-                    if seen is not None:
-                        counts[f["shape"]][f["size"]][seen] += 1
+            drawn = decode(model, latents)
         finally:
             head.forward = original
+        counts = {s: {size: {d: 0 for d in SHAPES} for size in range(3)} for s in SHAPES}
+        for video, f in zip(drawn, factors):
+            seen = probes.measure_video(video)["shape"]
+            if seen is not None:
+                counts[f["shape"]][f["size"]][seen] += 1
         result[forced or "its own guess"] = counts
         print("hint:", forced or "its own guess", {s: {d: sum(counts[s][z][d] for z in range(3)) for d in SHAPES}
                                                    for s in SHAPES}, flush=True)
@@ -97,11 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--decoder", required=True, help="checkpoint stem of a video autoencoder with a shape head")
     parser.add_argument("--clips", type=int, default=300, help="held-out val clips (their radius-4 objects)")
-    parser.add_argument("--generated", default=None, metavar="NAME",
-                        help="also read what avdit_NAME (beside --decoder) generates")
-    parser.add_argument("--tasks", nargs="+", default=["continue_2", "a2v"])
-    parser.add_argument("--generated-clips", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    add_generated_arguments(parser, "beside --decoder")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "shape_head.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -112,15 +113,15 @@ def main() -> None:
         raise ValueError(f"{stem} has no shape head: train one with `train autoencoder --finetune-decoder "
                          "data/checkpoints/video_ae --shape-head W`")
     shipped = load_autoencoder("video").eval()
-    if any(not torch.equal(a, b) for a, b in zip(headed.encoder.state_dict().values(), shipped.encoder.state_dict().values())):
-        raise ValueError(f"{stem}: its encoder is not the shipped one (make it with --finetune-decoder data/checkpoints/video_ae)")
+    check_same_encoder(headed, shipped, str(stem))
+    videos, latents, factors = held_out(shipped, args.clips)
     meta = json.loads(checkpoints.checkpoint_paths(stem)["meta"].read_text())
     result = {"clips": args.clips, "shape_classes": list(SHAPES), "decoder": str(stem),
               "sha256": checkpoints.sha256(checkpoints.checkpoint_paths(stem)["weights"])[:12],
               "shipped_sha256": checkpoints.sha256(checkpoints.checkpoint_paths(Path("data/checkpoints/video_ae"))["weights"])[:12],
               "command": meta.get("command"), "trained_steps": meta.get("step"),
-              "radius_4_fill": small_fills({"shipped": shipped, "shape_head": headed}, args.clips)}
-    result["forced_hint"] = forced_hint(headed, args.clips)
+              "radius_4_fill": small_fills({"shipped": shipped, "shape_head": headed}, videos, latents, factors),
+              "forced_hint": forced_hint(headed, latents, factors)}
     for name, by_shape in result["radius_4_fill"].items():
         print(name, {s: (d["clips"], round(d["fill_by_frame"][0], 3), round(float(np.mean(d["fill_by_frame"][1:])), 3))
                      for s, d in by_shape.items()}, flush=True)
