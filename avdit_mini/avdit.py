@@ -9,7 +9,7 @@ token* by the embedding of that token's cell of the timestep grid t [B, M, N].
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,7 @@ class AVDiTConfig:
     mlp_ratio: float = 4.0
     T: int = 1000
     prediction: str = "epsilon"  # what the network outputs (epsilon or v); the pipeline's sampler reads it here
+    self_condition: bool = False  # also read its own previous estimate of the clean latents (chapter 7)
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
@@ -51,6 +52,14 @@ class AVDiTConfig:
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {self.prediction!r}; choose one of {PREDICTIONS}")
         token_layout(self.geometry, self.video_patch, self.audio_patch)  # validates both patch sizes
+
+    def to_dict(self) -> dict:
+        """The config as stored with a checkpoint; ``self_condition`` is left out when off, so the
+        configs stored before it existed still match."""
+        values = asdict(self)
+        if not values["self_condition"]:
+            del values["self_condition"]
+        return values
 
     @classmethod
     def preset(cls, name: str, **overrides) -> AVDiTConfig:
@@ -184,6 +193,10 @@ class AVDiT(nn.Module):
         audio_patch_size = config.audio_channels * config.audio_patch
         self.video_embed = nn.Linear(video_patch_size, dim)
         self.audio_embed = nn.Linear(audio_patch_size, dim)
+        if config.self_condition:  # the previous estimate of the clean latents, patchified the same way
+            # no bias: "no estimate yet" (zeros) then adds exactly nothing, the same as passing none
+            self.video_self_embed = nn.Linear(video_patch_size, dim, bias=False)
+            self.audio_self_embed = nn.Linear(audio_patch_size, dim, bias=False)
         self.modality_embed = nn.Parameter(torch.zeros(geometry.modalities, dim))
         self.register_buffer("position", self._fixed_positions(), persistent=False)  # [L, D]
         cell = self.layout.modality * geometry.segments + self.layout.segment  # [L], index into M * N
@@ -210,15 +223,19 @@ class AVDiT(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         nn.init.normal_(self.modality_embed, std=0.02)
         for layer in (self.timestep_embed.mlp[0], self.timestep_embed.mlp[2]):
             nn.init.normal_(layer.weight, std=0.02)
         zero_layers = [block.modulation[-1] for block in self.blocks]
         zero_layers += [self.final.modulation[-1], self.final.video_head, self.final.audio_head]
+        if self.config.self_condition:  # zero: added to a trained network, they start by changing nothing
+            zero_layers += [self.video_self_embed, self.audio_self_embed]
         for layer in zero_layers:
             nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
     def token_layout(self) -> TokenLayout:
         """Modality, segment and centre time of each of the L tokens (Chapter 6)."""
@@ -252,13 +269,28 @@ class AVDiT(nn.Module):
         cell_embedding = rearrange(cell_embedding, "b m n d -> b (m n) d")  # [B, M*N, D]
         return cell_embedding[:, self.token_cell]  # [B, L, D]
 
-    def embed_tokens(self, video_latent: Tensor, audio_latent: Tensor) -> Tensor:
-        """Patchify both latents, embed, add positions and modality: -> [B, L, D] (Chapter 6)."""
+    def patchify(self, video_latent: Tensor, audio_latent: Tensor) -> tuple[Tensor, Tensor]:
+        """Latents to token-sized patches: [B, L_v, C_v p p] and [B, L_a, C_a p_a] (Chapter 6)."""
         p, p_a = self.config.video_patch, self.config.audio_patch
         # Tokens are ordered (frame, row, col), as latents.token_layout assumes.
-        video_patches = rearrange(video_latent, "b c f (h p1) (w p2) -> b (f h w) (c p1 p2)", p1=p, p2=p)  # [B, L_v, *]
-        audio_patches = rearrange(audio_latent, "b c (n p) -> b n (c p)", p=p_a)  # [B, L_a, C_a p_a]
+        video_patches = rearrange(video_latent, "b c f (h p1) (w p2) -> b (f h w) (c p1 p2)", p1=p, p2=p)
+        audio_patches = rearrange(audio_latent, "b c (n p) -> b n (c p)", p=p_a)
+        return video_patches, audio_patches
+
+    def embed_tokens(self, video_latent: Tensor, audio_latent: Tensor,
+                     previous: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Patchify both latents, embed, add positions and modality: -> [B, L, D] (Chapter 6).
+
+        ``previous`` (self-conditioning, chapter 7): the model's last estimate of the clean latents,
+        embedded by its own bias-free linear layers and added to the tokens; None adds nothing, the same as
+        zeros ("no estimate yet").
+        """
+        video_patches, audio_patches = self.patchify(video_latent, audio_latent)
         tokens = torch.cat([self.video_embed(video_patches), self.audio_embed(audio_patches)], dim=1)  # [B, L, D]
+        if previous is not None:
+            video_previous, audio_previous = self.patchify(*previous)
+            tokens = tokens + torch.cat([self.video_self_embed(video_previous),
+                                         self.audio_self_embed(audio_previous)], dim=1)
         return tokens + self.position + self.modality_embed[self.token_modality]
 
     def unpatchify(self, video_patches: Tensor, audio_patches: Tensor) -> tuple[Tensor, Tensor]:
@@ -270,10 +302,23 @@ class AVDiT(nn.Module):
         audio = rearrange(audio_patches, "b n (c p) -> b c (n p)", p=p_a)  # [B, C_a, 34]
         return video, audio
 
-    def forward(self, video_latent: Tensor, audio_latent: Tensor, timestep_grid: Tensor) -> tuple[Tensor, Tensor]:
-        """Predict the noise (or v) of both latents given each cell's noise level (Chapter 6)."""
+    def forward(self, video_latent: Tensor, audio_latent: Tensor, timestep_grid: Tensor,
+                previous: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """Predict the noise (or v) of both latents given each cell's noise level (Chapter 6).
+
+        ``previous`` is for a self-conditioned model only (``config.self_condition``, chapter 7): its
+        last estimate of the clean (video, audio) latents, shaped like the inputs; None means none yet.
+        """
         self._check_inputs(video_latent, audio_latent, timestep_grid)
-        x = self.embed_tokens(video_latent, audio_latent)  # [B, L, D]
+        if previous is not None:
+            if not self.config.self_condition:
+                raise ValueError("this AVDiT was not built to read a previous estimate (AVDiTConfig.self_condition "
+                                 "is False); call it without `previous`, or train one with --self-condition")
+            if len(previous) != 2 or [list(p.shape) for p in previous] != [list(video_latent.shape), list(audio_latent.shape)]:
+                raise ValueError("previous must be the (video, audio) estimates of the clean latents, shaped like the "
+                                 f"inputs {list(video_latent.shape)} and {list(audio_latent.shape)}, got "
+                                 f"{[list(getattr(p, 'shape', [])) for p in previous]}")
+        x = self.embed_tokens(video_latent, audio_latent, previous)  # [B, L, D]
         conditioning = self.token_conditioning(timestep_grid)  # [B, L, D]
         for block in self.blocks:
             x = block(x, conditioning)

@@ -20,6 +20,14 @@ from .schedules import NoiseSchedule
 
 PREDICTIONS = ("epsilon", "v")
 SAMPLERS = ("ddim", "ddpm")
+X0_LIMIT = 6.0  # latents have unit variance: a clean-latent estimate beyond +-6 is an early step's blow-up
+
+
+def reads_its_estimate(model) -> bool:
+    """Whether ``model`` is self-conditioned (``AVDiTConfig.self_condition``), through DDP and torch.compile."""
+    inner = getattr(model, "_orig_mod", model)
+    inner = getattr(inner, "module", inner)
+    return bool(getattr(getattr(inner, "config", None), "self_condition", False))
 
 
 @dataclass
@@ -121,7 +129,7 @@ class GridDiffusion:
     # -- the loss ------------------------------------------------------------------------------
     def loss(self, model, clean: Latents, timestep_grid: Tensor, generator: torch.Generator | None = None,
              object_boost: float = 0.0, impact_boost: float = 0.0, reader=None,
-             perceptual_weight: float = 0.0) -> tuple[Tensor, Tensor]:
+             perceptual_weight: float = 0.0, self_condition: bool = False) -> tuple[Tensor, Tensor]:
         """The MoNL loss: MSE on epsilon (or v) over the latent frames whose cell has t > 0.
 
         Each modality's error is averaged over its own noised elements and the two are added,
@@ -133,12 +141,20 @@ class GridDiffusion:
         :class:`~avdit_mini.perceptual.LatentReader`) with ``perceptual_weight`` > 0 adds the weighted
         squared difference of its features of the estimated and the true clean video latent
         (:func:`~avdit_mini.perceptual.perceptual_error`), over the noised latent frames.
+
+        ``self_condition`` (Chen et al. 2023, "Analog Bits"; chapter 7): the model is first asked without
+        an estimate (no gradient); for a random half of the batch its answer, as an estimate of the clean
+        latents, is given back as ``previous`` to the call that is trained -- so the model learns both to
+        start from nothing and to improve on its own last guess, which is what the sampler gives it.
         """
         noise = Latents(torch.randn(clean.video.shape, generator=generator, device=clean.video.device),
                         torch.randn(clean.audio.shape, generator=generator, device=clean.audio.device))
         noisy = self.q_sample(clean, timestep_grid, noise)
-        output = model(noisy.video, noisy.audio, timestep_grid)
         t_video, t_audio = self.frame_steps(timestep_grid)
+        if self_condition:
+            output = model(noisy.video, noisy.audio, timestep_grid, self.own_estimate(model, noisy, timestep_grid, generator))
+        else:
+            output = model(noisy.video, noisy.audio, timestep_grid)
         total = clean.video.new_zeros(())
         per_cell = torch.full(timestep_grid.shape, float("nan"), device=clean.video.device)
         for row, (out, x0, eps, t_frames) in enumerate(
@@ -164,6 +180,16 @@ class GridDiffusion:
                 per_cell[:, row, n] = torch.where(timestep_grid[:, row, n] > 0, cell.detach(), per_cell[:, row, n])
         return total, per_cell
 
+    @torch.no_grad()
+    def own_estimate(self, model, noisy: Latents, timestep_grid: Tensor,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Self-conditioning's first call: the model's estimate of the clean latents, kept for a random
+        half of the batch (zeros, "no estimate", for the other half); clamped as the sampler clamps it."""
+        estimate = self.predict(model, noisy, timestep_grid)[1]
+        keep = torch.rand(noisy.video.shape[0], generator=generator, device=noisy.video.device) < 0.5  # [B]
+        return tuple(torch.where(keep.reshape(-1, *[1] * (e.dim() - 1)), e.clamp(-X0_LIMIT, X0_LIMIT), 0.0).to(x.dtype)
+                     for e, x in ((estimate.video, noisy.video), (estimate.audio, noisy.audio)))
+
     def frame_segments(self, row: int) -> Tensor:
         """The segment of each latent frame of modality ``row``."""
         return (video_segment_of_latent_frame if row == VIDEO else audio_segment_of_latent_frame)(self.geometry)
@@ -175,12 +201,17 @@ class GridDiffusion:
             raise ValueError(f"steps must be in 1..{self.T}, got {steps}")
         return torch.linspace(self.T, 0, steps + 1).round().long().tolist()
 
-    def predict(self, model, x: Latents, timestep_grid: Tensor) -> tuple[Latents, Latents]:
+    def predict(self, model, x: Latents, timestep_grid: Tensor,
+                previous: Latents | None = None) -> tuple[Latents, Latents]:
         """One network call: its (epsilon, x0) estimates for noisy latents ``x`` at ``timestep_grid``.
 
         What every sampler step asks; chapter 8 asks it once, to see what the network knows at a noise level.
+        ``previous``: a self-conditioned model's last estimate of the clean latents (None: none yet).
         """
-        out_v, out_a = model(x.video, x.audio, timestep_grid)
+        if previous is None:
+            out_v, out_a = model(x.video, x.audio, timestep_grid)
+        else:
+            out_v, out_a = model(x.video, x.audio, timestep_grid, (previous.video, previous.audio))
         t_video, t_audio = self.frame_steps(timestep_grid)
         eps_v, x0_v = self.to_eps_x0(out_v.float(), x.video, t_video)
         eps_a, x0_a = self.to_eps_x0(out_a.float(), x.audio, t_audio)
@@ -212,7 +243,7 @@ class GridDiffusion:
         guidance_drop: Tensor | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
-        clip_x0: float | None = 6.0,
+        clip_x0: float | None = X0_LIMIT,
         latent_shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
         guide_model=None,
     ) -> Latents:
@@ -230,6 +261,9 @@ class GridDiffusion:
         branch is not the unconditional one but a weaker network (less trained, or smaller) asked
         the same question, conditions and all: eps_weak + w (eps - eps_weak). It pushes each step
         away from the errors the weaker network makes more of -- such as hedging between shapes.
+
+        A self-conditioned model (``AVDiTConfig.self_condition``, chapter 7) is given, at every step, the
+        estimate of the clean latents that the step before it ended with (none at the first step).
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
@@ -258,6 +292,7 @@ class GridDiffusion:
         # targets start as pure noise (t = T), conditions as their clean latents (t = 0)
         x = Latents(*[torch.where(target, randn(c.shape), c) for target, c in is_target.pairs(condition)])
         sequence = self.step_sequence(steps)
+        self_conditioned, previous = reads_its_estimate(model), None
         iterator = range(len(sequence) - 1)
         if progress:
             from tqdm.auto import tqdm
@@ -266,34 +301,43 @@ class GridDiffusion:
         for i in iterator:
             t_now, t_next = sequence[i], sequence[i + 1]
             grid = target_grid * t_now  # targets at t_now, conditions at 0: [B, M, N]
-            eps, x0 = self.predict(model, x, grid)
+            eps, x0 = self.predict(model, x, grid, previous)
             if guidance != 1.0 and guide_model is not None:
-                eps, x0 = self._autoguide(guide_model, x, grid, eps, guidance, t_now)
+                eps, x0 = self._autoguide(guide_model, x, grid, eps, guidance, t_now, previous)
             elif guidance != 1.0 and drop.any():
-                eps, x0 = self._guide(model, x, grid, eps, condition, drop, is_target, guidance, t_now, randn)
+                eps, x0 = self._guide(model, x, grid, eps, condition, drop, is_target, guidance, t_now, randn, previous)
             if clip_x0 is not None:
                 eps, x0 = self._clip(x, x0, t_now, clip_x0)
+            if self_conditioned:
+                previous = x0
             x = Latents(*[self._update(xt, x0_, e, t_now, t_next, eta, target, randn)
                           for xt, x0_, e, target in zip((x.video, x.audio), (x0.video, x0.audio),
                                                         (eps.video, eps.audio), (is_target.video, is_target.audio))])
         return x
 
     def _guide(self, model, x: Latents, grid: Tensor, eps: Latents, condition: Latents, drop: Tensor,
-               is_target: Latents, guidance: float, t_now: int, randn) -> tuple[Latents, Latents]:
-        """Guidance with MoNL: the unconditional branch puts the dropped condition cells at t = T."""
+               is_target: Latents, guidance: float, t_now: int, randn,
+               previous: Latents | None = None) -> tuple[Latents, Latents]:
+        """Guidance with MoNL: the unconditional branch puts the dropped condition cells at t = T.
+
+        A self-conditioned model's previous estimate is given to it too, with the dropped cells'
+        part zeroed: it holds their clean latents, which the unconditional branch must not see."""
         grid_u = torch.where(drop[None], torch.full_like(grid, self.T), grid)  # [B, M, N]
-        inputs = []
-        for t_frames, xt, c, target in zip(self.frame_steps(grid_u), (x.video, x.audio),
-                                           (condition.video, condition.audio), (is_target.video, is_target.audio)):
+        inputs, previous_u = [], []
+        for t_frames, xt, c, target, p in zip(self.frame_steps(grid_u), (x.video, x.audio),
+                                              (condition.video, condition.audio), (is_target.video, is_target.audio),
+                                              (None, None) if previous is None else (previous.video, previous.audio)):
             dropped = _frame_mask(t_frames == self.T, xt) & ~target
             inputs.append(torch.where(dropped, self.schedule.q_sample(c, t_frames, randn(c.shape), time_dim=2), xt))
-        eps_u, _ = self.predict(model, Latents(*inputs), grid_u)
+            previous_u.append(None if p is None else torch.where(dropped, torch.zeros_like(p), p))
+        eps_u, _ = self.predict(model, Latents(*inputs), grid_u, None if previous is None else Latents(*previous_u))
         return self._extrapolate(x, eps_u, eps, guidance, t_now)
 
     def _autoguide(self, guide_model, x: Latents, grid: Tensor, eps: Latents, guidance: float,
-                   t_now: int) -> tuple[Latents, Latents]:
-        """Autoguidance: the same inputs to the weaker network; extrapolate from its answer to the model's."""
-        eps_weak, _ = self.predict(guide_model, x, grid)
+                   t_now: int, previous: Latents | None = None) -> tuple[Latents, Latents]:
+        """Autoguidance: the same inputs to the weaker network; extrapolate from its answer to the model's.
+        A self-conditioned guide reads the same previous estimate; a plain one reads none."""
+        eps_weak, _ = self.predict(guide_model, x, grid, previous if reads_its_estimate(guide_model) else None)
         return self._extrapolate(x, eps_weak, eps, guidance, t_now)
 
     def _extrapolate(self, x: Latents, eps_from: Latents, eps: Latents, guidance: float,

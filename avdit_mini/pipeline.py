@@ -7,7 +7,7 @@ clips into unit-variance latents (``encode``), latents back into clips (``decode
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -114,7 +114,7 @@ class AVPipeline(nn.Module):
         return video, self.audio_ae.mel_to_audio(log_mel).clamp(-1, 1)
 
     def config_dict(self) -> dict:
-        return {"avdit": asdict(self.avdit.config), "schedule": self.schedule_kind,
+        return {"avdit": self.avdit.config.to_dict(), "schedule": self.schedule_kind,
                 "prediction": self.diffusion.prediction}
 
 

@@ -847,16 +847,24 @@ def warm_start(model: AVDiT, scaler: LatentScaler, stem: Path, config: AVDiTConf
     """``--init STEM``: start from a saved pipeline's (EMA) weights and keep its latent scaling.
 
     The optimiser and the learning-rate schedule start afresh: a second run with a new warm-up and
-    cosine, on as many clips as this run is given. The network must be the same (preset, prediction).
+    cosine, on as many clips as this run is given. The network must be the same (preset, prediction),
+    except that ``--self-condition`` may add its two zero-initialised layers to a plain model.
     """
     state, meta = checkpoints.load_checkpoint(stem, train_hint="python -m avdit_mini.train avdit --out " + str(stem))
     stored = meta["config"].get("avdit", {})
-    differing = checkpoints.config_differences(stored, asdict(config))
+    differing = checkpoints.config_differences(stored, config.to_dict())
+    adding_self_condition = config.self_condition and not stored.get("self_condition", False)
+    if adding_self_condition:
+        differing.remove("self_condition")
+        state = dict(state)  # the new layers keep their zero start: the network begins as the one it came from
+        state.update({f"avdit.{k}": v for k, v in model.state_dict().items() if "_self_embed." in k})
     if differing:
         raise ValueError(f"--init {stem}: its network differs from this run's in {differing}; "
-                         "pass the --preset and --prediction it was trained with")
+                         "pass the --preset and --prediction it was trained with"
+                         + (" (and --self-condition: it reads its own estimates)" if "self_condition" in differing else ""))
     load_pipeline_state(state, model, scaler)
-    log(f"warm start from {stem} (step {meta.get('step', '?')} of its run): its weights and latent scaling")
+    log(f"warm start from {stem} (step {meta.get('step', '?')} of its run): its weights and latent scaling"
+        + (", with self-conditioning's layers added at zero" if adding_self_condition else ""))
 
 
 def run_avdit(args: argparse.Namespace) -> dict:
@@ -888,7 +896,7 @@ def run_avdit(args: argparse.Namespace) -> dict:
         raw = training_latents(args.clips, folder, batch_size=64 if device.type == "cuda" else 32,
                                workers=args.workers, device=device)
     config = AVDiTConfig.preset(args.preset, video_channels=raw["video"].shape[1], audio_channels=raw["audio"].shape[1],
-                                prediction=args.prediction)
+                                prediction=args.prediction, self_condition=args.self_condition)
     scaler = LatentScaler(raw["video"].shape[1], raw["audio"].shape[1])
     torch.manual_seed(args.seed)
     model = AVDiT(config).to(device)
@@ -926,7 +934,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
     run_config.update({k: v for k, v in (("clean_probability", args.clean_probability),
                                          ("object_boost", args.object_boost), ("impact_boost", args.impact_boost),
                                          ("perceptual_weight", args.perceptual_weight),
-                                         ("high_frequency_gain", args.high_frequency_gain)) if v})
+                                         ("high_frequency_gain", args.high_frequency_gain),
+                                         ("self_condition", args.self_condition)) if v})
     reader = None
     if args.perceptual_weight:
         from .perceptual import load_reader
@@ -994,7 +1003,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
         with autocast:
             loss, per_cell = diffusion.loss(trained, clean, grid.to(device), generator=None if device.type == "cuda" else generator,
                                             object_boost=args.object_boost, impact_boost=args.impact_boost,
-                                            reader=reader, perceptual_weight=args.perceptual_weight)
+                                            reader=reader, perceptual_weight=args.perceptual_weight,
+                                            self_condition=config.self_condition)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -1055,6 +1065,10 @@ def add_avdit_arguments(parser: argparse.ArgumentParser) -> None:
                              "0: keep the --init model's (off for a new one)")
     parser.add_argument("--perceptual-reader", default="data/checkpoints/latent_reader",
                         help="the frozen reader the perceptual loss uses (benchmarks/train_latent_reader.py makes it)")
+    parser.add_argument("--self-condition", action="store_true",
+                        help="self-conditioning (Chen et al. 2023): the network also reads its own last estimate of the "
+                             "clean latents, given for half of each batch in training and at every sampling step "
+                             "(AVDiTConfig.self_condition, chapter 7); with --init it adds the layers at zero")
     parser.add_argument("--preset", default=None, help="tiny | small | base (default: the profile's)")
     parser.add_argument("--schedule", default="cosine")
     parser.add_argument("--prediction", default="epsilon", choices=["epsilon", "v"])

@@ -70,6 +70,8 @@ def main() -> None:
         result["autoguide"] = {"pipeline": args.autoguide, "trained_steps": guide.meta.get("step")}
     if float(pipeline.scaler.high_frequency_gain) != 1.0:  # chapter 7, "Making the shape louder"
         result["high_frequency_gain"] = float(pipeline.scaler.high_frequency_gain)
+    if pipeline.avdit.config.self_condition:  # chapter 7, "Reading its own guess"
+        result["self_condition"] = True
     settings = ("pipeline", "trained_steps", "clips", "steps", "guidance", "sampler", "eta", "autoencoders", "vocoder",
                 "autoguide")
     if out.exists():  # re-measuring some tasks keeps the others, if they were measured the same way

@@ -157,3 +157,38 @@ def test_num_parameters():
     assert num_parameters(model) == sum(p.numel() for p in model.parameters())
     model.video_embed.requires_grad_(False)
     assert num_parameters(model) < num_parameters(model, trainable_only=False)
+
+
+def test_self_conditioning_starts_as_the_plain_network_and_reads_its_estimate():
+    """AVDiTConfig.self_condition adds two zero-initialised, bias-free layers: loaded with a plain network's
+    weights it answers as that network whatever the estimate; zeros and no estimate are the same; once the
+    layers are trained the estimate changes the answer; a plain network refuses one."""
+    torch.manual_seed(0)
+    plain = AVDiT(AVDiTConfig.preset("tiny")).eval()
+    with torch.no_grad():  # leave adaLN-Zero's zero init so the network does something
+        for p in plain.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    reading = AVDiT(AVDiTConfig.preset("tiny", self_condition=True)).eval()
+    missing = reading.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["audio_self_embed.weight", "video_self_embed.weight"]
+    assert reading.video_self_embed.bias is None and reading.video_self_embed.weight.abs().sum() == 0
+    g = torch.Generator().manual_seed(1)
+    video, audio = torch.randn(2, 8, 5, 8, 8, generator=g), torch.randn(2, 8, 34, generator=g)
+    grid = torch.randint(1, 1000, (2, 2, 5), generator=g)
+    estimate = (torch.randn(video.shape, generator=g), torch.randn(audio.shape, generator=g))
+    with torch.no_grad():
+        assert torch.equal(reading(video, audio, grid, estimate)[0], plain(video, audio, grid)[0])
+        reading.video_self_embed.weight.normal_(0, 0.1)
+        reading.audio_self_embed.weight.normal_(0, 0.1)
+        read = reading(video, audio, grid, estimate)
+        assert not torch.allclose(read[0], plain(video, audio, grid)[0], atol=1e-4)
+        assert not torch.allclose(read[1], plain(video, audio, grid)[1], atol=1e-4)
+        zeros = (torch.zeros_like(video), torch.zeros_like(audio))
+        assert torch.equal(reading(video, audio, grid, zeros)[0], reading(video, audio, grid)[0])
+    with pytest.raises(ValueError, match="self_condition"):
+        plain(video, audio, grid, estimate)
+    with pytest.raises(ValueError, match="shaped like the inputs"):
+        reading(video, audio, grid, (estimate[0][:, :4], estimate[1]))
+    assert "self_condition" not in AVDiTConfig.preset("tiny").to_dict()  # configs stored before it still match
+    assert reading.config.to_dict()["self_condition"] is True

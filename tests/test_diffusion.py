@@ -198,3 +198,80 @@ def test_one_step_guess_noises_the_targets_and_asks_once():
     assert torch.equal(guess.video, expected.video) and torch.equal(guess.audio, expected.audio)
     assert torch.equal(noisy.video[:, :, :2], clean.video[:, :, :2])       # the given segments stay clean
     assert not torch.equal(noisy.video[:, :, 2:], clean.video[:, :, 2:])   # the rest is noised
+
+
+class Recorder(torch.nn.Module):
+    """Passes calls to a model and keeps the estimate each call was given."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config, self.calls = inner, inner.config, []
+
+    def forward(self, video, audio, grid, previous=None):
+        self.calls.append(previous)
+        return self.inner(video, audio, grid) if previous is None else self.inner(video, audio, grid, previous)
+
+
+def self_conditioned_model(prediction: str = "epsilon") -> AVDiT:
+    torch.manual_seed(0)
+    model = AVDiT(AVDiTConfig.preset("tiny", prediction=prediction, self_condition=True))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    return model
+
+
+def test_self_conditioning_loss_gives_half_the_batch_its_own_estimate():
+    """The loss asks once without an estimate, then trains the call given that answer (clamped) for a
+    random half of the batch; the estimate carries no gradient, the new layers get one; it draws
+    nothing before the noise, so a plain run's noise is unchanged."""
+    diffusion = GridDiffusion(prediction="v")
+    model = self_conditioned_model("v")
+    recorder = Recorder(model)
+    clean = clean_latents(8)
+    grid = torch.randint(1, 1000, (8, 2, 5), generator=torch.Generator().manual_seed(3))
+    loss, _ = diffusion.loss(recorder, clean, grid, generator=torch.Generator().manual_seed(4), self_condition=True)
+    assert len(recorder.calls) == 2 and recorder.calls[0] is None
+    video_given, audio_given = recorder.calls[1]
+    given = video_given.flatten(1).abs().sum(1) > 0
+    assert torch.equal(given, audio_given.flatten(1).abs().sum(1) > 0)  # one coin per clip, both modalities
+    assert 0 < given.sum() < 8 and not video_given.requires_grad
+    g = torch.Generator().manual_seed(4)  # the loss's noise, drawn again
+    noise = Latents(torch.randn(clean.video.shape, generator=g), torch.randn(clean.audio.shape, generator=g))
+    with torch.no_grad():
+        _, x0 = diffusion.predict(model, diffusion.q_sample(clean, grid, noise), grid)
+    assert torch.allclose(video_given[given], x0.video.clamp(-6, 6)[given], atol=1e-5)
+    loss.backward()
+    assert model.video_self_embed.weight.grad.abs().sum() > 0 and model.audio_self_embed.weight.grad.abs().sum() > 0
+    again, _ = diffusion.loss(model, clean, grid, generator=torch.Generator().manual_seed(4), self_condition=True)
+    assert again.item() == pytest.approx(loss.item(), rel=1e-6)  # the coin comes from the generator
+    plain_model = random_model()
+    plain_loss, _ = diffusion.loss(plain_model, clean, grid, generator=torch.Generator().manual_seed(4))
+    assert plain_loss.item() == pytest.approx(
+        diffusion.loss(plain_model, clean, grid, generator=torch.Generator().manual_seed(4))[0].item())
+
+
+def test_a_self_conditioned_sampler_gives_each_step_the_last_estimate():
+    """Step 1 has no estimate; every later step is given the clean-latent estimate the step before ended
+    with; MoNL guidance's unconditional branch is given it with the dropped conditions zeroed; conditions
+    still come out bit-identical; a plain guide model is asked without one."""
+    diffusion, clean = GridDiffusion(), clean_latents()
+    recorder = Recorder(self_conditioned_model().eval())
+    task = TASKS["continue_2"]
+    out = diffusion.sample(recorder, task, clean, steps=3, guidance=2.0, generator=torch.Generator().manual_seed(0))
+    calls = recorder.calls
+    assert len(calls) == 6 and calls[0] is None and calls[1] is None  # step 1: conditional and unconditional
+    t_video, _ = diffusion.frame_steps((~task).long()[None].expand(2, -1, -1))
+    given = t_video[0] == 0  # the condition's latent frames
+    conditional, unconditional = calls[2], calls[3]
+    assert conditional[0][:, :, given].abs().sum() > 0  # the estimate of the condition: the condition itself
+    assert unconditional[0][:, :, given].abs().sum() == 0  # hidden from the unconditional branch
+    assert torch.equal(conditional[0][:, :, ~given], unconditional[0][:, :, ~given])
+    assert torch.equal(out.video[:, :, given], clean.video[:, :, given])
+    recorder.calls.clear()
+    diffusion.sample(recorder, task, clean, steps=3, generator=torch.Generator().manual_seed(0))
+    assert len(recorder.calls) == 3 and all(c is not None for c in recorder.calls[1:])
+    # autoguidance by a plain (not self-conditioned) model: it must be asked without an estimate
+    diffusion.sample(recorder, task, clean, steps=3, guidance=2.0, guide_model=random_model(),
+                     generator=torch.Generator().manual_seed(0))

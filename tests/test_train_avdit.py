@@ -182,3 +182,26 @@ def test_refit_scaling_warm_starts_the_network_on_other_latents(workspace):
     assert result["loss_log"][0]["loss"] != cold["loss_log"][0]["loss"]    # the network was warm-started
     with pytest.raises(ValueError, match="warm start"):
         train(folder, other, folder / "avdit_y", "--steps", "1", "--refit-scaling")
+
+
+def test_self_condition_warm_starts_a_plain_model_and_resumes_exactly(workspace):
+    """--self-condition with --init: the plain network's weights, the new layers at zero (so the first step's loss
+    is the plain warm start's), an exact resume, the flag in the stored configs; the model loads self-conditioned."""
+    from avdit_mini.diffusion import reads_its_estimate
+
+    folder, latents = workspace
+    train(folder, latents, folder / "avdit_plain_v", "--steps", "3", "--prediction", "v")
+    args = ("--steps", "4", "--prediction", "v", "--init", str(folder / "avdit_plain_v"))
+    straight = train(folder, latents, folder / "avdit_reads", *args, "--self-condition")["loss_log"]
+    train(folder, latents, folder / "avdit_reads_resumed", *args, "--self-condition", "--stop-after", "2")
+    resumed = train(folder, latents, folder / "avdit_reads_resumed", *args, "--self-condition", "--resume")["loss_log"]
+    assert [r["loss"] for r in straight] == [r["loss"] for r in resumed]
+    plain = train(folder, latents, folder / "avdit_plain_v2", *args)["loss_log"]
+    assert straight[0]["loss"] == plain[0]["loss"]
+    meta = json.loads((folder / "avdit_reads.json").read_text())
+    assert meta["run"]["self_condition"] is True and meta["config"]["avdit"]["self_condition"] is True
+    assert "self_condition" not in json.loads((folder / "avdit_plain_v2.json").read_text())["config"]["avdit"]
+    reads = load_pipeline("reads", folder)
+    assert reads_its_estimate(reads.avdit) and reads.avdit.video_self_embed.weight.abs().sum() > 0
+    with pytest.raises(ValueError, match="self-condition"):  # a self-conditioned network cannot start a plain run
+        train(folder, latents, folder / "avdit_z", "--steps", "1", "--prediction", "v", "--init", str(folder / "avdit_reads"))
