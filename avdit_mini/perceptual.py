@@ -102,6 +102,49 @@ def load_reader(path_stem: str | Path) -> LatentReader:
     return reader.eval().requires_grad_(False)
 
 
+class RepresentationAlignment(nn.Module):
+    """REPA (Yu et al. 2025) with chapter 3's reader as the teacher (chapter 7).
+
+    A hook keeps the video tokens an AVDiT block puts out ([B, L_v, D], from a noisy input); a small
+    projector (trained with the model, thrown away after) maps them to the reader's features of the
+    *clean* latent, pooled over each token's p x p patch; the loss is one minus their cosine
+    similarity, averaged over tokens. The model is pushed to hold, already in its middle, what the
+    reader sees -- the shape among it -- rather than to find it out only in its last layers.
+    """
+
+    def __init__(self, reader: LatentReader, model: nn.Module, block: int, hidden: int = 256):
+        super().__init__()
+        depth = len(model.blocks)
+        if not 0 <= block < depth:
+            raise ValueError(f"--repa-block must be in 0..{depth - 1} for a model of depth {depth}, got {block}")
+        self.reader, self.patch, self.video_tokens = reader, model.config.video_patch, model.video_tokens
+        width = reader.trunk[0].out_channels
+        self.projector = nn.Sequential(nn.Linear(model.config.dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden),
+                                       nn.SiLU(), nn.Linear(hidden, width))
+        self._hidden: list[Tensor] = []  # the last trained call's output (calls without gradient are not kept)
+        model.blocks[block].register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, inputs, output: Tensor) -> None:
+        if torch.is_grad_enabled():
+            self._hidden[:] = [output]
+
+    def targets(self, clean_video: Tensor) -> Tensor:
+        """The reader's features of the clean latent, one per video token: [B, L_v, width]."""
+        with torch.no_grad():
+            features = self.reader.features(clean_video.float())  # [B, K, F, h, w]
+            pooled = F.avg_pool3d(features, (1, self.patch, self.patch))  # [B, K, F, h/p, w/p]
+        return pooled.flatten(2).transpose(1, 2)  # tokens ordered (frame, row, col), as the AVDiT's
+
+    def forward(self, clean_video: Tensor) -> Tensor:
+        """1 - cos(projected hidden video tokens, reader's features), averaged: call after the model's forward."""
+        if not self._hidden:
+            raise RuntimeError("RepresentationAlignment: the model has not been called with gradients since the last "
+                               "alignment loss")
+        hidden = self._hidden.pop()[:, : self.video_tokens]  # the last call's video tokens [B, L_v, D]
+        projected = self.projector(hidden.float())
+        return 1 - F.cosine_similarity(projected, self.targets(clean_video), dim=-1).mean()
+
+
 def perceptual_error(reader: LatentReader, estimate: Tensor, clean: Tensor, alpha_bar: Tensor) -> Tensor:
     """Per latent frame [B, F]: the squared feature difference of the estimate x0_hat and the clean latent,
     weighed by alpha_bar [B, F] (how much of the clean latent the noisy input holds)."""

@@ -921,8 +921,6 @@ def run_avdit(args: argparse.Namespace) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     diffusion = GridDiffusion(NoiseSchedule(args.schedule, config.T), config.geometry, config.prediction)
     ema = EMA(model, args.ema)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    scheduler = warmup_cosine(optimizer, args.steps, args.warmup)
     stem = Path(args.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
     run_config = {"kind": "avdit", "strategy": args.strategy, "preset": args.preset, "schedule": args.schedule,
@@ -936,12 +934,23 @@ def run_avdit(args: argparse.Namespace) -> dict:
                                          ("perceptual_weight", args.perceptual_weight),
                                          ("high_frequency_gain", args.high_frequency_gain),
                                          ("self_condition", args.self_condition)) if v})
-    reader = None
-    if args.perceptual_weight:
+    reader = alignment = None
+    if args.perceptual_weight or args.repa:
         from .perceptual import load_reader
 
         reader = load_reader(args.perceptual_reader).to(device)
         run_config["perceptual_reader"] = args.perceptual_reader
+    if args.repa:  # built after the EMA copy, so that only the trained model carries its hook
+        from .perceptual import RepresentationAlignment
+
+        if distributed:
+            raise ValueError("--repa's projector is not shared between torchrun's processes yet; train it in one process")
+        args.repa_block = len(model.blocks) // 3 if args.repa_block is None else args.repa_block
+        alignment = RepresentationAlignment(reader, model, args.repa_block).to(device)
+        run_config.update(repa=args.repa, repa_block=args.repa_block)
+    trained_parameters = list(model.parameters()) + ([] if alignment is None else list(alignment.projector.parameters()))
+    optimizer = torch.optim.AdamW(trained_parameters, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    scheduler = warmup_cosine(optimizer, args.steps, args.warmup)
     start, loss_log = 0, []
     state_path = checkpoints.checkpoint_paths(stem)["state"]
     if args.resume and state_path.exists():
@@ -951,6 +960,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start, loss_log = state["step"], state["loss_log"]
+        if alignment is not None:
+            alignment.projector.load_state_dict(state["repa_projector"])
         if rank == 0:
             log(f"resumed from step {start}")
     trained = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
@@ -974,8 +985,11 @@ def run_avdit(args: argparse.Namespace) -> dict:
         save_pipeline(pipeline, stem, {"step": step, "loss_log": loss_log, "run": run_config,
                                         "command": command_line(args.argv), "final": final})
         tmp = state_path.with_name(state_path.name + ".tmp")
-        torch.save({"model": model.state_dict(), "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "step": step, "loss_log": loss_log}, tmp)
+        training_state = {"model": model.state_dict(), "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "step": step, "loss_log": loss_log}
+        if alignment is not None:  # trained with the model, not part of it: kept only to resume
+            training_state["repa_projector"] = alignment.projector.state_dict()
+        torch.save(training_state, tmp)
         os.replace(tmp, state_path)
 
     pending = []  # (step, strategies, [loss, grad norm, per-strategy losses...] still on the device)
@@ -1005,6 +1019,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
                                             object_boost=args.object_boost, impact_boost=args.impact_boost,
                                             reader=reader, perceptual_weight=args.perceptual_weight,
                                             self_condition=config.self_condition)
+            if alignment is not None:
+                loss = loss + args.repa * alignment(clean.video)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -1064,7 +1080,12 @@ def add_avdit_arguments(parser: argparse.ArgumentParser) -> None:
                              "LatentScaler.emphasise, chapter 7 'Making the shape louder'); stored with the model. "
                              "0: keep the --init model's (off for a new one)")
     parser.add_argument("--perceptual-reader", default="data/checkpoints/latent_reader",
-                        help="the frozen reader the perceptual loss uses (benchmarks/train_latent_reader.py makes it)")
+                        help="the frozen reader the perceptual loss and --repa use (benchmarks/train_latent_reader.py makes it)")
+    parser.add_argument("--repa", type=float, default=0.0,
+                        help="representation alignment (REPA, Yu et al. 2025): add W x (1 - cosine) between a projection of "
+                             "one block's video tokens and the reader's features of the clean latent (0: off)")
+    parser.add_argument("--repa-block", type=int, default=None,
+                        help="the block whose output --repa aligns (default: a third of the way up)")
     parser.add_argument("--self-condition", action="store_true",
                         help="self-conditioning (Chen et al. 2023): the network also reads its own last estimate of the "
                              "clean latents, given for half of each batch in training and at every sampling step "

@@ -205,3 +205,43 @@ def test_self_condition_warm_starts_a_plain_model_and_resumes_exactly(workspace)
     assert reads_its_estimate(reads.avdit) and reads.avdit.video_self_embed.weight.abs().sum() > 0
     with pytest.raises(ValueError, match="self-condition"):  # a self-conditioned network cannot start a plain run
         train(folder, latents, folder / "avdit_z", "--steps", "1", "--prediction", "v", "--init", str(folder / "avdit_reads"))
+
+
+def test_repa_aligns_a_block_with_the_reader_and_resumes_exactly(workspace, tmp_path):
+    """--repa W: the loss adds W x (1 - cosine) of a projection of one block's video tokens and the frozen reader's
+    features of the clean latent; the projector trains with the model, is saved only in the state, and resumes exactly;
+    the saved pipeline has no trace of it."""
+    from avdit_mini.avdit import AVDiT, AVDiTConfig
+    from avdit_mini.perceptual import LatentReader, RepresentationAlignment, save_reader
+
+    folder, latents = workspace
+    torch.manual_seed(0)
+    save_reader(LatentReader(), tmp_path / "reader")
+    args = ("--steps", "4", "--repa", "0.5", "--perceptual-reader", str(tmp_path / "reader"))
+    straight = train(folder, latents, folder / "avdit_repa", *args)["loss_log"]
+    train(folder, latents, folder / "avdit_repa_resumed", *args, "--stop-after", "2")
+    resumed = train(folder, latents, folder / "avdit_repa_resumed", *args, "--resume")["loss_log"]
+    assert [r["loss"] for r in straight] == [r["loss"] for r in resumed]
+    plain = train(folder, latents, folder / "avdit_repa_plain", "--steps", "4")["loss_log"]
+    # the untrained projector's output is nearly orthogonal to the features: the first loss is about W more
+    assert straight[0]["loss"] - plain[0]["loss"] == pytest.approx(0.5, abs=0.15)
+    run = json.loads((folder / "avdit_repa.json").read_text())["run"]
+    assert (run["repa"], run["repa_block"]) == (0.5, 0)  # tiny has 2 blocks: a third of the way up is block 0
+    state = torch.load(folder / "avdit_repa.state.pt", weights_only=False)
+    assert "repa_projector" in state and not any("projector" in k for k in state["model"])
+    assert not any("projector" in k for k in load_pipeline("repa", folder).avdit.state_dict())
+    # the alignment itself: cos = 1 when the projection is the features, and a clear error before any call
+    model = AVDiT(AVDiTConfig.preset("tiny"))
+    alignment = RepresentationAlignment(LatentReader(), model, block=1)
+    with pytest.raises(RuntimeError, match="not been called"):
+        alignment(torch.randn(2, 8, 5, 8, 8))
+    with pytest.raises(ValueError, match="repa-block"):
+        RepresentationAlignment(LatentReader(), model, block=2)
+    video = torch.randn(2, 8, 5, 8, 8)
+    model(video, torch.randn(2, 8, 34), torch.randint(0, 1000, (2, 2, 5)))
+    assert alignment._hidden[0].shape == (2, model.video_tokens + 34, 64)
+    target = alignment.targets(video)
+    assert target.shape == (2, model.video_tokens, 64)
+    alignment.projector = torch.nn.Identity()  # a stand-in projection that returns the features: no loss
+    alignment._hidden[0] = torch.cat([target, torch.zeros(2, 34, 64)], dim=1)
+    assert alignment(video).item() == pytest.approx(0.0, abs=1e-5)
