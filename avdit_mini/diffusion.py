@@ -262,8 +262,10 @@ class GridDiffusion:
         the same question, conditions and all: eps_weak + w (eps - eps_weak). It pushes each step
         away from the errors the weaker network makes more of -- such as hedging between shapes.
 
-        A self-conditioned model (``AVDiTConfig.self_condition``, chapter 7) is given, at every step, the
-        estimate of the clean latents that the step before it ended with (none at the first step).
+        A self-conditioned model (``AVDiTConfig.self_condition``, chapter 7) is given, at every step, its
+        own guess of the clean latents from the step before (none at the first step; the condition frames
+        hold their clean latents, as in training). With MoNL guidance the unconditional branch keeps a
+        chain of guesses of its own; a self-conditioned autoguide is handed the conditional chain's.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
@@ -292,7 +294,8 @@ class GridDiffusion:
         # targets start as pure noise (t = T), conditions as their clean latents (t = 0)
         x = Latents(*[torch.where(target, randn(c.shape), c) for target, c in is_target.pairs(condition)])
         sequence = self.step_sequence(steps)
-        self_conditioned, previous = reads_its_estimate(model), None
+        # a self-conditioned model's last guesses: the conditional chain's, and MoNL guidance's unconditional one's
+        self_conditioned, previous, previous_u = reads_its_estimate(model), None, None
         iterator = range(len(sequence) - 1)
         if progress:
             from tqdm.auto import tqdm
@@ -302,14 +305,19 @@ class GridDiffusion:
             t_now, t_next = sequence[i], sequence[i + 1]
             grid = target_grid * t_now  # targets at t_now, conditions at 0: [B, M, N]
             eps, x0 = self.predict(model, x, grid, previous)
+            guess = x0  # the conditional branch's own guess, before guidance
             if guidance != 1.0 and guide_model is not None:
                 eps, x0 = self._autoguide(guide_model, x, grid, eps, guidance, t_now, previous)
             elif guidance != 1.0 and drop.any():
-                eps, x0 = self._guide(model, x, grid, eps, condition, drop, is_target, guidance, t_now, randn, previous)
+                eps, x0, guess_u = self._guide(model, x, grid, eps, condition, drop, is_target, guidance, t_now,
+                                               randn, previous_u)
+                previous_u = guess_u if self_conditioned else None
+            if self_conditioned:  # handed to the next step, the condition frames at their clean latents
+                previous = Latents(*[torch.where(target, g.clamp(-X0_LIMIT, X0_LIMIT), c) for target, g, c
+                                     in zip((is_target.video, is_target.audio), (guess.video, guess.audio),
+                                            (condition.video, condition.audio))])
             if clip_x0 is not None:
                 eps, x0 = self._clip(x, x0, t_now, clip_x0)
-            if self_conditioned:
-                previous = x0
             x = Latents(*[self._update(xt, x0_, e, t_now, t_next, eta, target, randn)
                           for xt, x0_, e, target in zip((x.video, x.audio), (x0.video, x0.audio),
                                                         (eps.video, eps.audio), (is_target.video, is_target.audio))])
@@ -317,21 +325,21 @@ class GridDiffusion:
 
     def _guide(self, model, x: Latents, grid: Tensor, eps: Latents, condition: Latents, drop: Tensor,
                is_target: Latents, guidance: float, t_now: int, randn,
-               previous: Latents | None = None) -> tuple[Latents, Latents]:
+               previous_u: Latents | None = None) -> tuple[Latents, Latents, Latents]:
         """Guidance with MoNL: the unconditional branch puts the dropped condition cells at t = T.
 
-        A self-conditioned model's previous estimate is given to it too, with the dropped cells'
-        part zeroed: it holds their clean latents, which the unconditional branch must not see."""
+        Returns the guided (epsilon, x0) and the unconditional branch's own guess of the clean latents,
+        clamped: a self-conditioned model's unconditional branch is handed its own last guess
+        (``previous_u``), never the conditional branch's, which holds the condition."""
         grid_u = torch.where(drop[None], torch.full_like(grid, self.T), grid)  # [B, M, N]
-        inputs, previous_u = [], []
-        for t_frames, xt, c, target, p in zip(self.frame_steps(grid_u), (x.video, x.audio),
-                                              (condition.video, condition.audio), (is_target.video, is_target.audio),
-                                              (None, None) if previous is None else (previous.video, previous.audio)):
+        inputs = []
+        for t_frames, xt, c, target in zip(self.frame_steps(grid_u), (x.video, x.audio),
+                                           (condition.video, condition.audio), (is_target.video, is_target.audio)):
             dropped = _frame_mask(t_frames == self.T, xt) & ~target
             inputs.append(torch.where(dropped, self.schedule.q_sample(c, t_frames, randn(c.shape), time_dim=2), xt))
-            previous_u.append(None if p is None else torch.where(dropped, torch.zeros_like(p), p))
-        eps_u, _ = self.predict(model, Latents(*inputs), grid_u, None if previous is None else Latents(*previous_u))
-        return self._extrapolate(x, eps_u, eps, guidance, t_now)
+        eps_u, x0_u = self.predict(model, Latents(*inputs), grid_u, previous_u)
+        guided, x0 = self._extrapolate(x, eps_u, eps, guidance, t_now)
+        return guided, x0, Latents(x0_u.video.clamp(-X0_LIMIT, X0_LIMIT), x0_u.audio.clamp(-X0_LIMIT, X0_LIMIT))
 
     def _autoguide(self, guide_model, x: Latents, grid: Tensor, eps: Latents, guidance: float,
                    t_now: int, previous: Latents | None = None) -> tuple[Latents, Latents]:

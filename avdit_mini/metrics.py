@@ -107,6 +107,8 @@ def score_clip(task_pattern: torch.Tensor, video: torch.Tensor, audio: torch.Ten
         result.update(_audio_checks(heard, factors))
         if not any(probes.in_spans(t, audio_spans) for t in factors["impact_times"]):
             result["audio_shape"] = result["audio_size"] = None  # no impact to hear them by in the generated span
+        elif heard["shape"] is not None:  # the timbre heard, kept for the confusion (chapter 8)
+            result["heard_shape"], result["condition_shape"] = heard["shape"], factors["shape"]
         if task_pattern[0].all():  # video fully given: impacts must land on its events
             matched = probes.match_times(heard["impact_times"], factors["impact_times"], tolerance=1.0 / fps)
             result["impact_errors_s"] = matched["errors"]
@@ -122,7 +124,8 @@ def score_clip(task_pattern: torch.Tensor, video: torch.Tensor, audio: torch.Ten
 def summarise(rows: list[dict]) -> dict:
     """Average each measurement over clips (None = not measurable on that clip, skipped)."""
     summary: dict = {"clips": len(rows)}
-    keys = sorted({k for r in rows for k in r} - {"generated_colour", "generated_shape", "condition_shape", "impact_errors_s"})
+    keys = sorted({k for r in rows for k in r} - {"generated_colour", "generated_shape", "heard_shape", "condition_shape",
+                                                  "impact_errors_s"})
     for key in keys:
         values = [float(r[key]) for r in rows if r.get(key) is not None]
         summary[key] = float(np.mean(values)) if values else None
@@ -140,6 +143,10 @@ def summarise(rows: list[dict]) -> dict:
     if drawn:  # what the probe saw drawn, by the condition clip's shape (chapter 8: "every object is round")
         counts = Counter(drawn)
         summary["shape_counts"] = {true: {seen: counts.get((true, seen), 0) for seen in SHAPES} for true in SHAPES}
+    heard = [(r["condition_shape"], r["heard_shape"]) for r in rows if r.get("heard_shape")]
+    if heard:  # the timbre heard at the generated impacts, by the condition clip's shape
+        counts = Counter(heard)
+        summary["timbre_counts"] = {true: {said: counts.get((true, said), 0) for said in SHAPES} for true in SHAPES}
     return summary
 
 

@@ -1085,7 +1085,8 @@ def add_avdit_arguments(parser: argparse.ArgumentParser) -> None:
                         help="representation alignment (REPA, Yu et al. 2025): add W x (1 - cosine) between a projection of "
                              "one block's video tokens and the reader's features of the clean latent (0: off)")
     parser.add_argument("--repa-block", type=int, default=None,
-                        help="the block whose output --repa aligns (default: a third of the way up)")
+                        help="the block whose output --repa aligns, counted from 0 (default: depth // 3 -- block 2 of the "
+                             "small model's 6, whose output is halfway up)")
     parser.add_argument("--self-condition", action="store_true",
                         help="self-conditioning (Chen et al. 2023): the network also reads its own last estimate of the "
                              "clean latents, given for half of each batch in training and at every sampling step "

@@ -205,10 +205,11 @@ class Recorder(torch.nn.Module):
 
     def __init__(self, inner):
         super().__init__()
-        self.inner, self.config, self.calls = inner, inner.config, []
+        self.inner, self.config, self.calls, self.inputs = inner, inner.config, [], []
 
     def forward(self, video, audio, grid, previous=None):
         self.calls.append(previous)
+        self.inputs.append((video, audio, grid))
         return self.inner(video, audio, grid) if previous is None else self.inner(video, audio, grid, previous)
 
 
@@ -253,25 +254,34 @@ def test_self_conditioning_loss_gives_half_the_batch_its_own_estimate():
 
 
 def test_a_self_conditioned_sampler_gives_each_step_the_last_estimate():
-    """Step 1 has no estimate; every later step is given the clean-latent estimate the step before ended
-    with; MoNL guidance's unconditional branch is given it with the dropped conditions zeroed; conditions
-    still come out bit-identical; a plain guide model is asked without one."""
+    """Step 1 has no guess; every later conditional call is handed the conditional branch's own last guess, its
+    condition frames at their clean latents exactly (guided or not); MoNL guidance's unconditional branch keeps a
+    chain of its own, which never sees the condition; conditions come out bit-identical; a plain autoguide model
+    is asked without a guess."""
     diffusion, clean = GridDiffusion(), clean_latents()
     recorder = Recorder(self_conditioned_model().eval())
     task = TASKS["continue_2"]
     out = diffusion.sample(recorder, task, clean, steps=3, guidance=2.0, generator=torch.Generator().manual_seed(0))
     calls = recorder.calls
     assert len(calls) == 6 and calls[0] is None and calls[1] is None  # step 1: conditional and unconditional
-    t_video, _ = diffusion.frame_steps((~task).long()[None].expand(2, -1, -1))
+    t_video, t_audio = diffusion.frame_steps((~task).long()[None].expand(2, -1, -1))
     given = t_video[0] == 0  # the condition's latent frames
-    conditional, unconditional = calls[2], calls[3]
-    assert conditional[0][:, :, given].abs().sum() > 0  # the estimate of the condition: the condition itself
-    assert unconditional[0][:, :, given].abs().sum() == 0  # hidden from the unconditional branch
-    assert torch.equal(conditional[0][:, :, ~given], unconditional[0][:, :, ~given])
+    for conditional in (calls[2], calls[4]):
+        assert torch.equal(conditional[0][:, :, given], clean.video[:, :, given])
+        assert torch.equal(conditional[1][:, :, t_audio[0] == 0], clean.audio[:, :, t_audio[0] == 0])
+    for unconditional in (calls[3], calls[5]):  # its own guesses: not the condition, not the conditional chain
+        assert not torch.equal(unconditional[0][:, :, given], clean.video[:, :, given])
+        assert not torch.equal(unconditional[0], calls[2][0])
+    # the conditional chain hands on the model's own answer of step 1 (clamped), as in training
+    video_1, audio_1, grid_1 = recorder.inputs[0]
+    with torch.no_grad():
+        _, guess_1 = diffusion.predict(recorder.inner, Latents(video_1, audio_1), grid_1)
+    assert torch.equal(calls[2][0][:, :, ~given], guess_1.video.clamp(-6, 6)[:, :, ~given])
     assert torch.equal(out.video[:, :, given], clean.video[:, :, given])
     recorder.calls.clear()
     diffusion.sample(recorder, task, clean, steps=3, generator=torch.Generator().manual_seed(0))
     assert len(recorder.calls) == 3 and all(c is not None for c in recorder.calls[1:])
-    # autoguidance by a plain (not self-conditioned) model: it must be asked without an estimate
+    # autoguidance by a plain (not self-conditioned) model: it must be asked without a guess
     diffusion.sample(recorder, task, clean, steps=3, guidance=2.0, guide_model=random_model(),
                      generator=torch.Generator().manual_seed(0))
+

@@ -101,3 +101,17 @@ def test_the_summary_counts_the_shapes_drawn_for_each_true_shape():
     assert counts[true][true] == 1 and counts[true][drawn_instead] == 1
     assert sum(n for row in counts.values() for n in row.values()) == 2
     assert "shape_counts" not in summarise([score_clip(TASKS["v2a"], clip.video, clip.audio, _item(clip))])  # no video made
+
+
+def test_the_summary_counts_the_timbres_heard_for_each_true_shape():
+    """timbre_counts: the timbre heard at the generated impacts, by the condition clip's shape (v2a's confusion)."""
+    clip, other = _two_clips_of_different_shapes((0.0, 2.125))
+    rows = [score_clip(TASKS["v2a"], clip.video, clip.audio, _item(clip)),
+            score_clip(TASKS["v2a"], clip.video, other.audio, _item(clip))]  # the other object's sound
+    summary = summarise(rows)
+    counts = summary["timbre_counts"]
+    true, heard_instead = clip.factors["shape"], other.factors["shape"]
+    assert counts[true][true] == 1 and counts[true][heard_instead] == 1
+    assert sum(n for row in counts.values() for n in row.values()) == 2
+    assert summary["audio_shape"] == 0.5 and "heard_shape" not in summary
+    assert "timbre_counts" not in summarise([score_clip(TASKS["a2v"], clip.video, clip.audio, _item(clip))])  # no audio made
