@@ -23,6 +23,11 @@ SAMPLERS = ("ddim", "ddpm")
 X0_LIMIT = 6.0  # latents have unit variance: a clean-latent estimate beyond +-6 is an early step's blow-up
 
 
+def _clamped(guess: Latents) -> Latents:
+    """A clean-latent guess clamped to +-X0_LIMIT, as the sampler clamps its estimates (self-conditioning hands it on)."""
+    return Latents(guess.video.clamp(-X0_LIMIT, X0_LIMIT), guess.audio.clamp(-X0_LIMIT, X0_LIMIT))
+
+
 def reads_its_estimate(model) -> bool:
     """Whether ``model`` is self-conditioned (``AVDiTConfig.self_condition``), through DDP and torch.compile."""
     inner = getattr(model, "_orig_mod", model)
@@ -129,7 +134,7 @@ class GridDiffusion:
     # -- the loss ------------------------------------------------------------------------------
     def loss(self, model, clean: Latents, timestep_grid: Tensor, generator: torch.Generator | None = None,
              object_boost: float = 0.0, impact_boost: float = 0.0, reader=None,
-             perceptual_weight: float = 0.0, self_condition: bool = False) -> tuple[Tensor, Tensor]:
+             perceptual_weight: float = 0.0, self_condition: bool | None = None) -> tuple[Tensor, Tensor]:
         """The MoNL loss: MSE on epsilon (or v) over the latent frames whose cell has t > 0.
 
         Each modality's error is averaged over its own noised elements and the two are added,
@@ -142,7 +147,8 @@ class GridDiffusion:
         squared difference of its features of the estimated and the true clean video latent
         (:func:`~avdit_mini.perceptual.perceptual_error`), over the noised latent frames.
 
-        ``self_condition`` (Chen et al. 2023, "Analog Bits"; chapter 7): the model is first asked without
+        ``self_condition`` (Chen et al. 2023, "Analog Bits"; chapter 7; None: whether the model reads one,
+        :func:`reads_its_estimate`): the model is first asked without
         an estimate (no gradient); for a random half of the batch its answer, as an estimate of the clean
         latents, is given back as ``previous`` to the call that is trained -- so the model learns both to
         start from nothing and to improve on its own last guess, which is what the sampler gives it.
@@ -151,6 +157,8 @@ class GridDiffusion:
                         torch.randn(clean.audio.shape, generator=generator, device=clean.audio.device))
         noisy = self.q_sample(clean, timestep_grid, noise)
         t_video, t_audio = self.frame_steps(timestep_grid)
+        if self_condition is None:
+            self_condition = reads_its_estimate(model)
         if self_condition:
             output = model(noisy.video, noisy.audio, timestep_grid, self.own_estimate(model, noisy, timestep_grid, generator))
         else:
@@ -185,9 +193,9 @@ class GridDiffusion:
                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Self-conditioning's first call: the model's estimate of the clean latents, kept for a random
         half of the batch (zeros, "no estimate", for the other half); clamped as the sampler clamps it."""
-        estimate = self.predict(model, noisy, timestep_grid)[1]
+        estimate = _clamped(self.predict(model, noisy, timestep_grid)[1])
         keep = torch.rand(noisy.video.shape[0], generator=generator, device=noisy.video.device) < 0.5  # [B]
-        return tuple(torch.where(keep.reshape(-1, *[1] * (e.dim() - 1)), e.clamp(-X0_LIMIT, X0_LIMIT), 0.0).to(x.dtype)
+        return tuple(torch.where(keep.reshape(-1, *[1] * (e.dim() - 1)), e, 0.0).to(x.dtype)
                      for e, x in ((estimate.video, noisy.video), (estimate.audio, noisy.audio)))
 
     def frame_segments(self, row: int) -> Tensor:
@@ -265,7 +273,7 @@ class GridDiffusion:
         A self-conditioned model (``AVDiTConfig.self_condition``, chapter 7) is given, at every step, its
         own guess of the clean latents from the step before (none at the first step; the condition frames
         hold their clean latents, as in training). With MoNL guidance the unconditional branch keeps a
-        chain of guesses of its own; a self-conditioned autoguide is handed the conditional chain's.
+        chain of guesses of its own, and so does a self-conditioned autoguide model.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
@@ -294,8 +302,10 @@ class GridDiffusion:
         # targets start as pure noise (t = T), conditions as their clean latents (t = 0)
         x = Latents(*[torch.where(target, randn(c.shape), c) for target, c in is_target.pairs(condition)])
         sequence = self.step_sequence(steps)
-        # a self-conditioned model's last guesses: the conditional chain's, and MoNL guidance's unconditional one's
+        # self-conditioning's last guesses: the model's (conditional) chain, MoNL guidance's unconditional branch's,
+        # and a self-conditioned autoguide's -- each branch reads only its own answers, as in its training
         self_conditioned, previous, previous_u = reads_its_estimate(model), None, None
+        guide_reads, previous_g = guide_model is not None and reads_its_estimate(guide_model), None
         iterator = range(len(sequence) - 1)
         if progress:
             from tqdm.auto import tqdm
@@ -307,15 +317,14 @@ class GridDiffusion:
             eps, x0 = self.predict(model, x, grid, previous)
             guess = x0  # the conditional branch's own guess, before guidance
             if guidance != 1.0 and guide_model is not None:
-                eps, x0 = self._autoguide(guide_model, x, grid, eps, guidance, t_now, previous)
+                eps, x0, guess_g = self._autoguide(guide_model, x, grid, eps, guidance, t_now, previous_g)
+                previous_g = self._hand_on(guess_g, is_target, condition) if guide_reads else None
             elif guidance != 1.0 and drop.any():
                 eps, x0, guess_u = self._guide(model, x, grid, eps, condition, drop, is_target, guidance, t_now,
                                                randn, previous_u)
-                previous_u = guess_u if self_conditioned else None
-            if self_conditioned:  # handed to the next step, the condition frames at their clean latents
-                previous = Latents(*[torch.where(target, g.clamp(-X0_LIMIT, X0_LIMIT), c) for target, g, c
-                                     in zip((is_target.video, is_target.audio), (guess.video, guess.audio),
-                                            (condition.video, condition.audio))])
+                previous_u = _clamped(guess_u) if self_conditioned else None  # its dropped conditions stay guesses
+            if self_conditioned:
+                previous = self._hand_on(guess, is_target, condition)
             if clip_x0 is not None:
                 eps, x0 = self._clip(x, x0, t_now, clip_x0)
             x = Latents(*[self._update(xt, x0_, e, t_now, t_next, eta, target, randn)
@@ -328,9 +337,9 @@ class GridDiffusion:
                previous_u: Latents | None = None) -> tuple[Latents, Latents, Latents]:
         """Guidance with MoNL: the unconditional branch puts the dropped condition cells at t = T.
 
-        Returns the guided (epsilon, x0) and the unconditional branch's own guess of the clean latents,
-        clamped: a self-conditioned model's unconditional branch is handed its own last guess
-        (``previous_u``), never the conditional branch's, which holds the condition."""
+        Returns the guided (epsilon, x0) and the unconditional branch's own guess of the clean latents:
+        a self-conditioned model's unconditional branch is handed its own last guess (``previous_u``),
+        never the conditional branch's, which holds the condition."""
         grid_u = torch.where(drop[None], torch.full_like(grid, self.T), grid)  # [B, M, N]
         inputs = []
         for t_frames, xt, c, target in zip(self.frame_steps(grid_u), (x.video, x.audio),
@@ -338,15 +347,21 @@ class GridDiffusion:
             dropped = _frame_mask(t_frames == self.T, xt) & ~target
             inputs.append(torch.where(dropped, self.schedule.q_sample(c, t_frames, randn(c.shape), time_dim=2), xt))
         eps_u, x0_u = self.predict(model, Latents(*inputs), grid_u, previous_u)
-        guided, x0 = self._extrapolate(x, eps_u, eps, guidance, t_now)
-        return guided, x0, Latents(x0_u.video.clamp(-X0_LIMIT, X0_LIMIT), x0_u.audio.clamp(-X0_LIMIT, X0_LIMIT))
+        return *self._extrapolate(x, eps_u, eps, guidance, t_now), x0_u
 
     def _autoguide(self, guide_model, x: Latents, grid: Tensor, eps: Latents, guidance: float,
-                   t_now: int, previous: Latents | None = None) -> tuple[Latents, Latents]:
+                   t_now: int, previous_g: Latents | None = None) -> tuple[Latents, Latents, Latents]:
         """Autoguidance: the same inputs to the weaker network; extrapolate from its answer to the model's.
-        A self-conditioned guide reads the same previous estimate; a plain one reads none."""
-        eps_weak, _ = self.predict(guide_model, x, grid, previous if reads_its_estimate(guide_model) else None)
-        return self._extrapolate(x, eps_weak, eps, guidance, t_now)
+        Also returns the guide's own guess: a self-conditioned guide is handed its own chain (``previous_g``)."""
+        eps_weak, x0_weak = self.predict(guide_model, x, grid, previous_g)
+        return *self._extrapolate(x, eps_weak, eps, guidance, t_now), x0_weak
+
+    @staticmethod
+    def _hand_on(guess: Latents, is_target: Latents, condition: Latents) -> Latents:
+        """A conditional chain's guess for the next step: clamped, the condition frames at their clean latents."""
+        guess = _clamped(guess)
+        return Latents(*[torch.where(target, g, c) for target, g, c in
+                         zip((is_target.video, is_target.audio), (guess.video, guess.audio), (condition.video, condition.audio))])
 
     def _extrapolate(self, x: Latents, eps_from: Latents, eps: Latents, guidance: float,
                      t_now: int) -> tuple[Latents, Latents]:

@@ -139,14 +139,12 @@ def summarise(rows: list[dict]) -> dict:
         p = np.array([counts.get(c, 0) for c in COLOURS], dtype=float) / len(colours)
         summary["colour_entropy_bits"] = float(-(p[p > 0] * np.log2(p[p > 0])).sum())
         summary["colour_entropy_max_bits"] = math.log2(len(COLOURS))
-    drawn = [(r["condition_shape"], r["generated_shape"]) for r in rows if r.get("generated_shape")]
-    if drawn:  # what the probe saw drawn, by the condition clip's shape (chapter 8: "every object is round")
-        counts = Counter(drawn)
-        summary["shape_counts"] = {true: {seen: counts.get((true, seen), 0) for seen in SHAPES} for true in SHAPES}
-    heard = [(r["condition_shape"], r["heard_shape"]) for r in rows if r.get("heard_shape")]
-    if heard:  # the timbre heard at the generated impacts, by the condition clip's shape
-        counts = Counter(heard)
-        summary["timbre_counts"] = {true: {said: counts.get((true, said), 0) for said in SHAPES} for true in SHAPES}
+    # what the probe saw drawn (chapter 8: "every object is round") and the timbre heard at the generated impacts,
+    # each by the condition clip's shape
+    for key, name in (("generated_shape", "shape_counts"), ("heard_shape", "timbre_counts")):
+        pairs = Counter((r["condition_shape"], r[key]) for r in rows if r.get(key))
+        if pairs:
+            summary[name] = {true: {said: pairs.get((true, said), 0) for said in SHAPES} for true in SHAPES}
     return summary
 
 

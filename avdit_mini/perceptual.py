@@ -122,7 +122,12 @@ class RepresentationAlignment(nn.Module):
         self.projector = nn.Sequential(nn.Linear(model.config.dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden),
                                        nn.SiLU(), nn.Linear(hidden, width))
         self._hidden: list[Tensor] = []  # the last trained call's output (calls without gradient are not kept)
-        model.blocks[block].register_forward_hook(self._keep)
+        self._hook = model.blocks[block].register_forward_hook(self._keep)
+
+    def remove(self) -> None:
+        """Take the hook off the model (and drop what it kept): the model is as it was before."""
+        self._hook.remove()
+        self._hidden.clear()
 
     def _keep(self, module: nn.Module, inputs, output: Tensor) -> None:
         if torch.is_grad_enabled():
@@ -139,7 +144,7 @@ class RepresentationAlignment(nn.Module):
         """1 - cos(projected hidden video tokens, reader's features), averaged: call after the model's forward."""
         if not self._hidden:
             raise RuntimeError("RepresentationAlignment: the model has not been called with gradients since the last "
-                               "alignment loss")
+                               "alignment loss; call it (gradients enabled) on the noisy latents before alignment(clean_video)")
         hidden = self._hidden.pop()[:, : self.video_tokens]  # the last call's video tokens [B, L_v, D]
         projected = self.projector(hidden.float())
         return 1 - F.cosine_similarity(projected, self.targets(clean_video), dim=-1).mean()

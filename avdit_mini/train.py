@@ -908,9 +908,10 @@ def run_avdit(args: argparse.Namespace) -> dict:
         raise ValueError(f"--refit-scaling: {args.init} emphasises its latents' fine frequencies; refit from a plain model")
     if not args.init or args.refit_scaling:
         scaler.fit(raw["video"], raw["audio"])
-    if args.high_frequency_gain and (args.object_boost or args.perceptual_weight):
-        raise ValueError("--high-frequency-gain changes the latents that --object-boost's threshold and the perceptual "
-                         "reader were made for (unit-variance, plain latents); train with one or the other")
+    if args.high_frequency_gain and (args.object_boost or args.perceptual_weight or args.repa):
+        raise ValueError("--high-frequency-gain changes the latents that --object-boost's threshold and the latent "
+                         "reader (--perceptual-weight, --repa) were made for (unit-variance, plain latents); "
+                         "train with one or the other")
     if args.high_frequency_gain:  # 0: keep the init's (or none)
         scaler.emphasise(args.high_frequency_gain)
         log(f"video latent's finest spatial frequencies x {args.high_frequency_gain:g} (LatentScaler.emphasise)")
@@ -955,6 +956,9 @@ def run_avdit(args: argparse.Namespace) -> dict:
     state_path = checkpoints.checkpoint_paths(stem)["state"]
     if args.resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if ("repa_projector" in state) != (alignment is not None):
+            raise ValueError(f"{state_path} was trained {'with' if 'repa_projector' in state else 'without'} --repa; "
+                             "resume it with the same flags (or start a new run with another --out)")
         model.load_state_dict(state["model"])
         ema.model.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -1023,7 +1027,7 @@ def run_avdit(args: argparse.Namespace) -> dict:
                 loss = loss + args.repa * alignment(clean.video)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trained_parameters, args.clip)
         optimizer.step()
         scheduler.step()
         ema.update(model, step)

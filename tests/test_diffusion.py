@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -7,9 +9,9 @@ from avdit_mini.monl import sample_timestep_grid
 from avdit_mini.tasks import TASKS
 
 
-def random_model(seed: int = 0) -> AVDiT:
+def random_model(seed: int = 0, **config) -> AVDiT:
     torch.manual_seed(seed)
-    model = AVDiT(AVDiTConfig.preset("tiny"))
+    model = AVDiT(AVDiTConfig.preset("tiny", **config))
     with torch.no_grad():  # leave adaLN-Zero's zero init so the model does something
         for p in model.parameters():
             if p.abs().sum() == 0:
@@ -214,13 +216,7 @@ class Recorder(torch.nn.Module):
 
 
 def self_conditioned_model(prediction: str = "epsilon") -> AVDiT:
-    torch.manual_seed(0)
-    model = AVDiT(AVDiTConfig.preset("tiny", prediction=prediction, self_condition=True))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.02)
-    return model
+    return random_model(prediction=prediction, self_condition=True).train()
 
 
 def test_self_conditioning_loss_gives_half_the_batch_its_own_estimate():
@@ -247,10 +243,15 @@ def test_self_conditioning_loss_gives_half_the_batch_its_own_estimate():
     assert model.video_self_embed.weight.grad.abs().sum() > 0 and model.audio_self_embed.weight.grad.abs().sum() > 0
     again, _ = diffusion.loss(model, clean, grid, generator=torch.Generator().manual_seed(4), self_condition=True)
     assert again.item() == pytest.approx(loss.item(), rel=1e-6)  # the coin comes from the generator
-    plain_model = random_model()
-    plain_loss, _ = diffusion.loss(plain_model, clean, grid, generator=torch.Generator().manual_seed(4))
-    assert plain_loss.item() == pytest.approx(
-        diffusion.loss(plain_model, clean, grid, generator=torch.Generator().manual_seed(4))[0].item())
+    # with its new layers at zero it is the plain network, and the coin comes after the noise: the plain loss
+    with torch.no_grad():
+        model.video_self_embed.weight.zero_()
+        model.audio_self_embed.weight.zero_()
+    plain = AVDiT(replace(model.config, self_condition=False))
+    plain.load_state_dict(model.state_dict(), strict=False)
+    at_zero, _ = diffusion.loss(model, clean, grid, generator=torch.Generator().manual_seed(4))  # None: it reads one
+    plain_loss, _ = diffusion.loss(plain, clean, grid, generator=torch.Generator().manual_seed(4))
+    assert at_zero.item() == pytest.approx(plain_loss.item(), rel=1e-6)
 
 
 def test_a_self_conditioned_sampler_gives_each_step_the_last_estimate():
@@ -272,6 +273,10 @@ def test_a_self_conditioned_sampler_gives_each_step_the_last_estimate():
     for unconditional in (calls[3], calls[5]):  # its own guesses: not the condition, not the conditional chain
         assert not torch.equal(unconditional[0][:, :, given], clean.video[:, :, given])
         assert not torch.equal(unconditional[0], calls[2][0])
+    video_u, audio_u, grid_u = recorder.inputs[1]  # step 1's unconditional call: what it answered is what it gets next
+    with torch.no_grad():
+        _, guess_u = diffusion.predict(recorder.inner, Latents(video_u, audio_u), grid_u)
+    assert torch.equal(calls[3][0], guess_u.video.clamp(-6, 6)) and torch.equal(calls[3][1], guess_u.audio.clamp(-6, 6))
     # the conditional chain hands on the model's own answer of step 1 (clamped), as in training
     video_1, audio_1, grid_1 = recorder.inputs[0]
     with torch.no_grad():
@@ -280,8 +285,18 @@ def test_a_self_conditioned_sampler_gives_each_step_the_last_estimate():
     assert torch.equal(out.video[:, :, given], clean.video[:, :, given])
     recorder.calls.clear()
     diffusion.sample(recorder, task, clean, steps=3, generator=torch.Generator().manual_seed(0))
-    assert len(recorder.calls) == 3 and all(c is not None for c in recorder.calls[1:])
-    # autoguidance by a plain (not self-conditioned) model: it must be asked without a guess
+    assert len(recorder.calls) == 3 and recorder.calls[0] is None and all(c is not None for c in recorder.calls[1:])
+    # autoguidance: a plain guide is asked without a guess (it would refuse one); a self-conditioned guide gets its own
     diffusion.sample(recorder, task, clean, steps=3, guidance=2.0, guide_model=random_model(),
                      generator=torch.Generator().manual_seed(0))
+    recorder.calls.clear()
+    guide = Recorder(random_model(seed=1, self_condition=True).eval())
+    diffusion.sample(recorder, task, clean, steps=3, guidance=2.0, guide_model=guide, generator=torch.Generator().manual_seed(0))
+    assert guide.calls[0] is None and recorder.calls[0] is None
+    video_g, audio_g, grid_g = guide.inputs[0]
+    with torch.no_grad():
+        _, guess_g = diffusion.predict(guide.inner, Latents(video_g, audio_g), grid_g)
+    assert torch.equal(guide.calls[1][0][:, :, ~given], guess_g.video.clamp(-6, 6)[:, :, ~given])  # its own chain
+    assert torch.equal(guide.calls[1][0][:, :, given], clean.video[:, :, given])
+    assert not torch.equal(guide.calls[1][0], recorder.calls[1][0])
 

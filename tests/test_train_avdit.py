@@ -226,7 +226,9 @@ def test_repa_aligns_a_block_with_the_reader_and_resumes_exactly(workspace, tmp_
     # the untrained projector's output is nearly orthogonal to the features: the first loss is about W more
     assert straight[0]["loss"] - plain[0]["loss"] == pytest.approx(0.5, abs=0.15)
     run = json.loads((folder / "avdit_repa.json").read_text())["run"]
-    assert (run["repa"], run["repa_block"]) == (0.5, 0)  # tiny has 2 blocks: a third of the way up is block 0
+    assert (run["repa"], run["repa_block"]) == (0.5, 0)  # tiny has 2 blocks: depth // 3 = block 0, whose output is halfway up
+    with pytest.raises(ValueError, match="with --repa"):  # resuming without the flag it was trained with
+        train(folder, latents, folder / "avdit_repa_resumed", "--steps", "5", "--resume")
     state = torch.load(folder / "avdit_repa.state.pt", weights_only=False)
     assert "repa_projector" in state and not any("projector" in k for k in state["model"])
     assert not any("projector" in k for k in load_pipeline("repa", folder).avdit.state_dict())
@@ -245,3 +247,6 @@ def test_repa_aligns_a_block_with_the_reader_and_resumes_exactly(workspace, tmp_
     alignment.projector = torch.nn.Identity()  # a stand-in projection that returns the features: no loss
     alignment._hidden[0] = torch.cat([target, torch.zeros(2, 34, 64)], dim=1)
     assert alignment(video).item() == pytest.approx(0.0, abs=1e-5)
+    alignment.remove()  # the hook comes off: the model keeps nothing any more
+    model(video, torch.randn(2, 8, 34), torch.randint(0, 1000, (2, 2, 5)))
+    assert alignment._hidden == []
