@@ -140,13 +140,16 @@ class RepresentationAlignment(nn.Module):
             pooled = F.avg_pool3d(features, (1, self.patch, self.patch))  # [B, K, F, h/p, w/p]
         return pooled.flatten(2).transpose(1, 2)  # tokens ordered (frame, row, col), as the AVDiT's
 
-    def forward(self, clean_video: Tensor) -> Tensor:
-        """1 - cos(projected hidden video tokens, reader's features), averaged: call after the model's forward."""
+    def last_tokens(self) -> Tensor:
+        """The video tokens [B, L_v, D] the block put out in the model's last call with gradients (taken: once)."""
         if not self._hidden:
             raise RuntimeError("RepresentationAlignment: the model has not been called with gradients since the last "
                                "alignment loss; call it (gradients enabled) on the noisy latents before alignment(clean_video)")
-        hidden = self._hidden.pop()[:, : self.video_tokens]  # the last call's video tokens [B, L_v, D]
-        projected = self.projector(hidden.float())
+        return self._hidden.pop()[:, : self.video_tokens]
+
+    def forward(self, clean_video: Tensor) -> Tensor:
+        """1 - cos(projected hidden video tokens, reader's features), averaged: call after the model's forward."""
+        projected = self.projector(self.last_tokens().float())
         return 1 - F.cosine_similarity(projected, self.targets(clean_video), dim=-1).mean()
 
 

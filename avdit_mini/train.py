@@ -1021,8 +1021,7 @@ def run_avdit(args: argparse.Namespace) -> dict:
         with autocast:
             loss, per_cell = diffusion.loss(trained, clean, grid.to(device), generator=None if device.type == "cuda" else generator,
                                             object_boost=args.object_boost, impact_boost=args.impact_boost,
-                                            reader=reader, perceptual_weight=args.perceptual_weight,
-                                            self_condition=config.self_condition)
+                                            reader=reader, perceptual_weight=args.perceptual_weight)
             if alignment is not None:
                 loss = loss + args.repa * alignment(clean.video)
         optimizer.zero_grad(set_to_none=True)

@@ -241,12 +241,15 @@ def test_repa_aligns_a_block_with_the_reader_and_resumes_exactly(workspace, tmp_
         RepresentationAlignment(LatentReader(), model, block=2)
     video = torch.randn(2, 8, 5, 8, 8)
     model(video, torch.randn(2, 8, 34), torch.randint(0, 1000, (2, 2, 5)))
-    assert alignment._hidden[0].shape == (2, model.video_tokens + 34, 64)
+    assert alignment.last_tokens().shape == (2, model.video_tokens, 64)  # the video tokens only, taken once
+    with pytest.raises(RuntimeError, match="not been called"):
+        alignment.last_tokens()
     target = alignment.targets(video)
     assert target.shape == (2, model.video_tokens, 64)
     alignment.projector = torch.nn.Identity()  # a stand-in projection that returns the features: no loss
-    alignment._hidden[0] = torch.cat([target, torch.zeros(2, 34, 64)], dim=1)
+    alignment._keep(None, None, torch.cat([target, torch.zeros(2, 34, 64)], dim=1))  # as if the block had put them out
     assert alignment(video).item() == pytest.approx(0.0, abs=1e-5)
     alignment.remove()  # the hook comes off: the model keeps nothing any more
     model(video, torch.randn(2, 8, 34), torch.randint(0, 1000, (2, 2, 5)))
-    assert alignment._hidden == []
+    with pytest.raises(RuntimeError, match="not been called"):
+        alignment.last_tokens()
