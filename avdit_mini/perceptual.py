@@ -102,26 +102,22 @@ def load_reader(path_stem: str | Path) -> LatentReader:
     return reader.eval().requires_grad_(False)
 
 
-class RepresentationAlignment(nn.Module):
-    """REPA (Yu et al. 2025) with chapter 3's reader as the teacher (chapter 7).
+class BlockTap(nn.Module):
+    """Keeps the tokens one AVDiT block puts out in the model's last call with gradients (a forward hook).
 
-    A hook keeps the video tokens an AVDiT block puts out ([B, L_v, D], from a noisy input); a small
-    projector (trained with the model, thrown away after) maps them to the reader's features of the
-    *clean* latent, pooled over each token's p x p patch; the loss is one minus their cosine
-    similarity, averaged over tokens. The model is pushed to hold, already in its middle, what the
-    reader sees -- the shape among it -- rather than to find it out only in its last layers.
+    The diffusion loss calls the model; a loss on the model's *middle* (REPA, shape supervision,
+    chapter 7) then reads what this tap kept, once. Calls without gradients (the sampler, the
+    self-conditioning estimate) are not kept.
     """
 
-    def __init__(self, reader: LatentReader, model: nn.Module, block: int, hidden: int = 256):
+    name = "BlockTap"
+
+    def __init__(self, model: nn.Module, block: int, flag: str):
         super().__init__()
         depth = len(model.blocks)
         if not 0 <= block < depth:
-            raise ValueError(f"--repa-block must be in 0..{depth - 1} for a model of depth {depth}, got {block}")
-        self.reader, self.patch, self.video_tokens = reader, model.config.video_patch, model.video_tokens
-        width = reader.trunk[0].out_channels
-        self.projector = nn.Sequential(nn.Linear(model.config.dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden),
-                                       nn.SiLU(), nn.Linear(hidden, width))
-        self._hidden: list[Tensor] = []  # the last trained call's output (calls without gradient are not kept)
+            raise ValueError(f"{flag} must be in 0..{depth - 1} for a model of depth {depth}, got {block}")
+        self._hidden: list[Tensor] = []
         self._hook = model.blocks[block].register_forward_hook(self._keep)
 
     def remove(self) -> None:
@@ -133,6 +129,32 @@ class RepresentationAlignment(nn.Module):
         if torch.is_grad_enabled():
             self._hidden[:] = [output]
 
+    def _take(self) -> Tensor:
+        if not self._hidden:
+            raise RuntimeError(f"{self.name}: the model has not been called with gradients since the last "
+                               "loss; call it (gradients enabled) on the noisy latents first")
+        return self._hidden.pop()
+
+
+class RepresentationAlignment(BlockTap):
+    """REPA (Yu et al. 2025) with chapter 3's reader as the teacher (chapter 7).
+
+    A hook keeps the video tokens an AVDiT block puts out ([B, L_v, D], from a noisy input); a small
+    projector (trained with the model, thrown away after) maps them to the reader's features of the
+    *clean* latent, pooled over each token's p x p patch; the loss is one minus their cosine
+    similarity, averaged over tokens. The model is pushed to hold, already in its middle, what the
+    reader sees -- the shape among it -- rather than to find it out only in its last layers.
+    """
+
+    name = "RepresentationAlignment"
+
+    def __init__(self, reader: LatentReader, model: nn.Module, block: int, hidden: int = 256):
+        super().__init__(model, block, "--repa-block")
+        self.reader, self.patch, self.video_tokens = reader, model.config.video_patch, model.video_tokens
+        width = reader.trunk[0].out_channels
+        self.projector = nn.Sequential(nn.Linear(model.config.dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden),
+                                       nn.SiLU(), nn.Linear(hidden, width))
+
     def targets(self, clean_video: Tensor) -> Tensor:
         """The reader's features of the clean latent, one per video token: [B, L_v, width]."""
         with torch.no_grad():
@@ -142,15 +164,44 @@ class RepresentationAlignment(nn.Module):
 
     def last_tokens(self) -> Tensor:
         """The video tokens [B, L_v, D] the block put out in the model's last call with gradients (taken: once)."""
-        if not self._hidden:
-            raise RuntimeError("RepresentationAlignment: the model has not been called with gradients since the last "
-                               "alignment loss; call it (gradients enabled) on the noisy latents before alignment(clean_video)")
-        return self._hidden.pop()[:, : self.video_tokens]
+        return self._take()[:, : self.video_tokens]
 
     def forward(self, clean_video: Tensor) -> Tensor:
         """1 - cos(projected hidden video tokens, reader's features), averaged: call after the model's forward."""
         projected = self.projector(self.last_tokens().float())
         return 1 - F.cosine_similarity(projected, self.targets(clean_video), dim=-1).mean()
+
+
+class ShapeSupervision(BlockTap):
+    """The world's shape label as a teacher of the model's middle (chapter 7).
+
+    A hook keeps the tokens one AVDiT block puts out, [B, L, D]; they are averaged cell by cell of
+    the M x N grid (the video tokens of each latent segment, the audio tokens of each), and a linear
+    head (trained with the model, thrown away after) names the clip's shape from each cell's
+    average. The loss is the cross-entropy over all 2 N cells, the noisy ones included: a cell
+    at t = 900 beside a clean one must learn the shape from its neighbour, which is what v2a (audio
+    from a clean video) and continuation ask of the model. Where nothing clean is left the best
+    answer is the prior, and the loss costs log 3.
+    """
+
+    name = "ShapeSupervision"
+
+    def __init__(self, model: nn.Module, block: int, classes: int = 3):
+        super().__init__(model, block, "--shape-block")
+        cells = int(model.token_cell.max()) + 1
+        one_hot = F.one_hot(model.token_cell, cells).float()  # [L, M*N]
+        self.register_buffer("pool", one_hot / one_hot.sum(0), persistent=False)  # averages each cell's tokens
+        self.head = nn.Sequential(nn.LayerNorm(model.config.dim), nn.Linear(model.config.dim, classes))
+
+    def cell_logits(self, tokens: Tensor) -> Tensor:
+        """Tokens [B, L, D] -> the head's shape logits for each cell of the grid, [B, M*N, classes]."""
+        return self.head(torch.einsum("bld,lc->bcd", tokens.float(), self.pool))
+
+    def forward(self, labels: Tensor) -> Tensor:
+        """Cross-entropy of every cell's guess of the shape, labels [B] (class indices): call after the model's forward."""
+        logits = self.cell_logits(self._take())  # [B, M*N, classes]
+        target = labels.to(logits.device)[:, None].expand(-1, logits.shape[1])
+        return F.cross_entropy(logits.flatten(0, 1), target.flatten())
 
 
 def perceptual_error(reader: LatentReader, estimate: Tensor, clean: Tensor, alpha_bar: Tensor) -> Tensor:

@@ -795,6 +795,16 @@ def training_latents(n_clips: int, folder: Path, batch_size: int = 32, workers: 
                           cache=str(latent_cache_name(n_clips, folder)), workers=workers)
 
 
+def train_shape_labels(n_clips: int) -> torch.Tensor:
+    """The shape of each of the first ``n_clips`` train clips, as indices into data.SHAPES: [n_clips].
+
+    Latents are cached in the train split's order (``training_latents``), so latent i is clip i; only
+    the world's factors are drawn, nothing is rendered.
+    """
+    dataset = WorldDataset(n_clips, "train")
+    return torch.tensor([SHAPES.index(dataset.world.sample_factors(dataset.seed(i))["shape"]) for i in range(n_clips)])
+
+
 def timestep_grids(strategy: str, batch_size: int, generator: torch.Generator, T: int,
                    weights: list[float] | None = None, clean_probability: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The grids of one batch and the strategy index of each example (-1 for a conditional task).
@@ -949,23 +959,40 @@ def run_avdit(args: argparse.Namespace) -> dict:
         args.repa_block = len(model.blocks) // 3 if args.repa_block is None else args.repa_block
         alignment = RepresentationAlignment(reader, model, args.repa_block).to(device)
         run_config.update(repa=args.repa, repa_block=args.repa_block)
-    trained_parameters = list(model.parameters()) + ([] if alignment is None else list(alignment.projector.parameters()))
+    supervision = shape_labels = None
+    if args.shape_supervision:  # the world's shape label teaches one block's tokens (chapter 7)
+        from .perceptual import ShapeSupervision
+
+        if distributed:
+            raise ValueError("--shape-supervision's head is not shared between torchrun's processes yet; train it in one process")
+        args.shape_block = len(model.blocks) // 2 if args.shape_block is None else args.shape_block
+        supervision = ShapeSupervision(model, args.shape_block).to(device)
+        shape_labels = train_shape_labels(latents["video"].shape[0]).to(device)
+        run_config.update(shape_supervision=args.shape_supervision, shape_block=args.shape_block)
+    # trained with the model, not part of it: kept in the training state only, to resume
+    companions = {}
+    if alignment is not None:
+        companions["repa_projector"] = alignment.projector
+    if supervision is not None:
+        companions["shape_head"] = supervision.head
+    trained_parameters = list(model.parameters()) + [p for module in companions.values() for p in module.parameters()]
     optimizer = torch.optim.AdamW(trained_parameters, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     scheduler = warmup_cosine(optimizer, args.steps, args.warmup)
     start, loss_log = 0, []
     state_path = checkpoints.checkpoint_paths(stem)["state"]
     if args.resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if ("repa_projector" in state) != (alignment is not None):
-            raise ValueError(f"{state_path} was trained {'with' if 'repa_projector' in state else 'without'} --repa; "
-                             "resume it with the same flags (or start a new run with another --out)")
+        for name, flag in (("repa_projector", "--repa"), ("shape_head", "--shape-supervision")):
+            if (name in state) != (name in companions):
+                raise ValueError(f"{state_path} was trained {'with' if name in state else 'without'} {flag}; "
+                                 "resume it with the same flags (or start a new run with another --out)")
         model.load_state_dict(state["model"])
         ema.model.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start, loss_log = state["step"], state["loss_log"]
-        if alignment is not None:
-            alignment.projector.load_state_dict(state["repa_projector"])
+        for name, module in companions.items():
+            module.load_state_dict(state[name])
         if rank == 0:
             log(f"resumed from step {start}")
     trained = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
@@ -991,12 +1018,11 @@ def run_avdit(args: argparse.Namespace) -> dict:
         tmp = state_path.with_name(state_path.name + ".tmp")
         training_state = {"model": model.state_dict(), "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "step": step, "loss_log": loss_log}
-        if alignment is not None:  # trained with the model, not part of it: kept only to resume
-            training_state["repa_projector"] = alignment.projector.state_dict()
+        training_state.update({name: module.state_dict() for name, module in companions.items()})
         torch.save(training_state, tmp)
         os.replace(tmp, state_path)
 
-    pending = []  # (step, strategies, [loss, grad norm, per-strategy losses...] still on the device)
+    pending = []  # (step, strategies, [loss, grad norm, per-strategy losses..., (shape CE)] still on the device)
     sync_every = args.sync_every or (50 if device.type == "cuda" else 1)
 
     def flush() -> None:
@@ -1010,6 +1036,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
         for (record_step, strategies, _), row in zip(pending, (v.tolist() for v in values)):
             loss_log.append({"step": record_step, "loss": round(row[0], 5), "grad_norm": round(row[1], 4),
                              "per_strategy": {k: round(v, 5) for k, v in zip(strategies, row[2:])}})
+            if supervision is not None:  # its term, logged on its own (the loss above includes it, weighed)
+                loss_log[-1]["shape_cross_entropy"] = round(row[2 + len(strategies)], 5)
         pending.clear()
         bar.set_postfix(loss=f"{loss_log[-1]['loss']:.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
 
@@ -1024,6 +1052,9 @@ def run_avdit(args: argparse.Namespace) -> dict:
                                             reader=reader, perceptual_weight=args.perceptual_weight)
             if alignment is not None:
                 loss = loss + args.repa * alignment(clean.video)
+            if supervision is not None:
+                shape_cross_entropy = supervision(shape_labels[index])
+                loss = loss + args.shape_supervision * shape_cross_entropy
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trained_parameters, args.clip)
@@ -1033,7 +1064,10 @@ def run_avdit(args: argparse.Namespace) -> dict:
         strategies = strategy.unique().tolist()
         on_device = strategy.to(device)
         per_strategy = [per_cell[on_device == s].nanmean() for s in strategies]
-        pending.append((step, strategies, torch.stack([loss.detach().float(), grad_norm.float(), *per_strategy])))
+        logged = [loss.detach().float(), grad_norm.float(), *per_strategy]
+        if supervision is not None:
+            logged.append(shape_cross_entropy.detach().float())
+        pending.append((step, strategies, torch.stack(logged)))
         if len(pending) >= sync_every:
             flush()
         if timer.due():
@@ -1090,6 +1124,11 @@ def add_avdit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repa-block", type=int, default=None,
                         help="the block whose output --repa aligns, counted from 0 (default: depth // 3 -- block 2 of the "
                              "small model's 6, whose output is halfway up)")
+    parser.add_argument("--shape-supervision", type=float, default=0.0,
+                        help="weight of a cross-entropy that asks one block's tokens, cell by cell of the grid, for the "
+                             "clip's shape (the world's label; a linear head trained with the model and thrown away)")
+    parser.add_argument("--shape-block", type=int, default=None,
+                        help="the block whose output --shape-supervision reads, counted from 0 (default: depth // 2)")
     parser.add_argument("--self-condition", action="store_true",
                         help="self-conditioning (Chen et al. 2023): the network also reads its own last estimate of the "
                              "clean latents, given for half of each batch in training and at every sampling step "

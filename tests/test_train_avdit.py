@@ -253,3 +253,53 @@ def test_repa_aligns_a_block_with_the_reader_and_resumes_exactly(workspace, tmp_
     model(video, torch.randn(2, 8, 34), torch.randint(0, 1000, (2, 2, 5)))
     with pytest.raises(RuntimeError, match="not been called"):
         alignment.last_tokens()
+
+
+def test_shape_supervision_teaches_a_block_the_label_and_resumes_exactly(workspace):
+    """--shape-supervision W: the loss adds W x the cross-entropy of a linear head naming the clip's shape (the world's
+    label of train clip i for latent i) from each grid cell's mean token of one block; the term is logged on its own,
+    the head trains with the model, lives only in the resume state, resumes exactly, and leaves no trace in the pipeline."""
+    from avdit_mini.avdit import AVDiT, AVDiTConfig
+    from avdit_mini.data import SHAPES, WorldDataset
+    from avdit_mini.perceptual import ShapeSupervision
+    from avdit_mini.train import train_shape_labels
+
+    folder, latents = workspace
+    labels = train_shape_labels(16)
+    dataset = WorldDataset(16, "train")
+    assert [SHAPES[int(labels[i])] for i in (0, 5, 15)] == [dataset[i]["factors"]["shape"] for i in (0, 5, 15)]
+    args = ("--steps", "4", "--shape-supervision", "0.5")
+    straight = train(folder, latents, folder / "avdit_shape", *args)["loss_log"]
+    train(folder, latents, folder / "avdit_shape_resumed", *args, "--stop-after", "2")
+    resumed = train(folder, latents, folder / "avdit_shape_resumed", *args, "--resume")["loss_log"]
+    assert straight == resumed
+    plain = train(folder, latents, folder / "avdit_shape_plain", "--steps", "4")["loss_log"]
+    first = straight[0]
+    assert first["loss"] - plain[0]["loss"] == pytest.approx(0.5 * first["shape_cross_entropy"], abs=1e-4)
+    assert abs(first["shape_cross_entropy"] - torch.log(torch.tensor(3.0)).item()) < 0.6  # an untrained head: about log 3
+    assert "shape_cross_entropy" not in plain[0]
+    run = json.loads((folder / "avdit_shape.json").read_text())["run"]
+    assert (run["shape_supervision"], run["shape_block"]) == (0.5, 1)  # tiny has 2 blocks: depth // 2 = block 1
+    with pytest.raises(ValueError, match="with --shape-supervision"):
+        train(folder, latents, folder / "avdit_shape_resumed", "--steps", "5", "--resume")
+    state = torch.load(folder / "avdit_shape.state.pt", weights_only=False)
+    assert "shape_head" in state and not any(k.startswith("head") for k in state["model"])
+    assert set(load_pipeline("shape", folder).avdit.state_dict()) == set(load_pipeline("shape_plain", folder).avdit.state_dict())
+    # the head itself: each of the 2 x N cells averaged on its own, one guess per cell; a clear error before any call
+    model = AVDiT(AVDiTConfig.preset("tiny"))
+    supervision = ShapeSupervision(model, block=0)
+    with pytest.raises(RuntimeError, match="not been called"):
+        supervision(torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="shape-block"):
+        ShapeSupervision(model, block=2)
+    tokens = torch.zeros(1, len(model.token_cell), 64)
+    tokens[0, model.token_cell == 7] = 1.0  # only the audio tokens of segment 2 (cell M = 1, N = 2) differ
+    pooled = torch.einsum("bld,lc->bcd", tokens, supervision.pool)
+    assert pooled[0, 7].eq(1).all() and pooled[0, torch.arange(10) != 7].eq(0).all()
+    assert supervision.cell_logits(tokens).shape == (1, 10, 3)
+    model(torch.randn(2, 8, 5, 8, 8), torch.randn(2, 8, 34), torch.randint(0, 1000, (2, 2, 5)))
+    loss = supervision(torch.tensor([0, 2]))
+    loss.backward()
+    assert supervision.head[1].weight.grad.abs().sum() > 0 and model.video_embed.weight.grad.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="not been called"):  # taken once
+        supervision(torch.tensor([0, 2]))
