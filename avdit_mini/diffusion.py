@@ -254,6 +254,7 @@ class GridDiffusion:
         clip_x0: float | None = X0_LIMIT,
         latent_shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
         guide_model=None,
+        start_step: int | None = None,
     ) -> Latents:
         """Generate the target cells of ``condition_mask`` [M, N] (True = condition) (chapter 8).
 
@@ -274,6 +275,10 @@ class GridDiffusion:
         own guess of the clean latents from the step before (none at the first step; the condition frames
         hold their clean latents, as in training). With MoNL guidance the unconditional branch keeps a
         chain of guesses of its own, and so does a self-conditioned autoguide model.
+
+        ``start_step`` (SDEdit, Meng et al. 2022; chapter 8): the target cells do not start as pure
+        noise at T but as ``condition``'s own latents there noised to this step, and the sampler runs
+        from it down the same step grid. How much noise the model finds its way back from.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
@@ -302,6 +307,13 @@ class GridDiffusion:
         # targets start as pure noise (t = T), conditions as their clean latents (t = 0)
         x = Latents(*[torch.where(target, randn(c.shape), c) for target, c in is_target.pairs(condition)])
         sequence = self.step_sequence(steps)
+        if start_step is not None:  # SDEdit: the targets' own latents, noised to start_step (x holds the noise)
+            if not 0 < start_step <= self.T:
+                raise ValueError(f"start_step must be in 1..{self.T}, got {start_step}")
+            noised = self.q_sample(condition, target_grid * start_step, x)
+            x = Latents(*[torch.where(target, n, c) for (target, c), n in zip(is_target.pairs(condition),
+                                                                              (noised.video, noised.audio))])
+            sequence = [start_step] + [t for t in sequence if t < start_step]
         # self-conditioning's last guesses: the model's (conditional) chain, MoNL guidance's unconditional branch's,
         # and a self-conditioned autoguide's -- each branch reads only its own answers, as in its training
         self_conditioned, previous, previous_u = reads_its_estimate(model), None, None

@@ -150,11 +150,12 @@ def summarise(rows: list[dict]) -> dict:
 
 def evaluate_task(pipeline, task: str | torch.Tensor, n_clips: int, steps: int = 50, guidance: float = 1.0,
                   batch_size: int = 16, seed: int = 0, split: str = "test", progress: bool = True,
-                  sampler: str = "ddim", eta: float = 0.0, guide=None) -> dict:
+                  sampler: str = "ddim", eta: float = 0.0, guide=None, start_step: int | None = None) -> dict:
     """Generate ``n_clips`` clips of a task from held-out condition clips and score them.
 
     ``sampler`` and ``eta`` are :meth:`GridDiffusion.sample`'s (DDIM with eta = 0 by default);
-    ``guide`` a weaker pipeline for autoguidance (:func:`~avdit_mini.tasks.generate`)."""
+    ``guide`` a weaker pipeline for autoguidance (:func:`~avdit_mini.tasks.generate`); ``start_step``:
+    the target cells start from the condition clip's own latents noised to that step (SDEdit)."""
     task_pattern = resolve_task(task, pipeline.geometry.segments)
     dataset = WorldDataset(n_clips, split)
     rows, seconds = [], 0.0
@@ -169,11 +170,13 @@ def evaluate_task(pipeline, task: str | torch.Tensor, n_clips: int, steps: int =
         began = time.perf_counter()
         out = generate(pipeline, task_pattern, {"video": batch["video"], "audio": batch["audio"]}, steps=steps,
                        guidance=guidance, seed=seed + start, batch_size=len(items), sampler=sampler, eta=eta,
-                       guide=guide)
+                       guide=guide, start_step=start_step)
         seconds += time.perf_counter() - began
         rows += [score_clip(task_pattern, v, a, item) for v, a, item in zip(out.video, out.audio, items)]
     summary = summarise(rows)
     summary.update({"steps": steps, "guidance": guidance, "clips_per_second": n_clips / seconds})
     if (sampler, eta) != ("ddim", 0.0):
         summary.update({"sampler": sampler, "eta": eta})
+    if start_step is not None:
+        summary["start_step"] = start_step
     return summary

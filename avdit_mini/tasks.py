@@ -76,7 +76,7 @@ def _batched(x: torch.Tensor | None, dims: int) -> tuple[torch.Tensor | None, bo
 def generate(pipeline, task: str | torch.Tensor, condition: dict | None = None, steps: int = 50,
              guidance: float = 1.0, seed: int = 0, batch_size: int | None = None, sampler: str = "ddim",
              eta: float = 0.0, guidance_drop: torch.Tensor | None = None, progress: bool = False,
-             guide=None) -> Generation:
+             guide=None, start_step: int | None = None) -> Generation:
     """Run a task with a pipeline (chapter 8).
 
     ``condition`` holds ``"video"`` [3, 17, 64, 64] / [B, ...] and/or ``"audio"`` [34000] / [B, 34000]:
@@ -84,7 +84,8 @@ def generate(pipeline, task: str | torch.Tensor, condition: dict | None = None, 
     bit-identical in the latents; the decoded clip is the autoencoders' view of them.
     ``guide``: a weaker pipeline of the same latents (e.g. ``load_pipeline("monl_10k")``) for
     autoguidance with weight ``guidance`` (see :meth:`GridDiffusion.sample`); default: MoNL's
-    unconditional branch.
+    unconditional branch. ``start_step`` (SDEdit): the target cells start from the condition clip's own
+    latents noised to that step instead of pure noise, so ``condition`` must then hold both modalities.
     """
     task_pattern = resolve_task(task, pipeline.geometry.segments)
     guide_model = None
@@ -106,6 +107,8 @@ def generate(pipeline, task: str | torch.Tensor, condition: dict | None = None, 
     if unknown:
         raise ValueError(f"condition may hold 'video' and 'audio', not {sorted(unknown)}")
     needs = [name for row, name in ((VIDEO, "video"), (AUDIO, "audio")) if task_pattern[row].any()]
+    if start_step is not None:  # the targets start from the clip's own latents: both modalities are needed
+        needs = ["video", "audio"]
     missing = [name for name in needs if condition.get(name) is None]
     if missing:
         raise ValueError(f"task {describe(task_pattern)} conditions on {needs} but condition lacks {missing}: "
@@ -128,7 +131,8 @@ def generate(pipeline, task: str | torch.Tensor, condition: dict | None = None, 
     generator = torch.Generator(device=pipeline.device).manual_seed(seed)
     latents = pipeline.diffusion.sample(
         pipeline.avdit, task_pattern.to(pipeline.device), clean, steps=steps, sampler=sampler, eta=eta,
-        guidance=guidance, guidance_drop=guidance_drop, generator=generator, progress=progress, guide_model=guide_model)
+        guidance=guidance, guidance_drop=guidance_drop, generator=generator, progress=progress, guide_model=guide_model,
+        start_step=start_step)
     out_video, out_audio = pipeline.decode(latents)
     single = (single_v or single_a or not given) and batch == 1 and batch_size is None
     if single:

@@ -300,3 +300,33 @@ def test_a_self_conditioned_sampler_gives_each_step_the_last_estimate():
     assert torch.equal(guide.calls[1][0][:, :, given], clean.video[:, :, given])
     assert not torch.equal(guide.calls[1][0], recorder.calls[1][0])
 
+
+
+def test_sdedit_starts_the_targets_from_their_own_noised_latents():
+    """start_step=tau: the target cells begin as the condition's own latents noised to tau (with the noise the sampler
+    would have started from), and the sampler runs from tau down the same step grid; conditions stay bit-identical."""
+    diffusion, clean = GridDiffusion(), clean_latents()
+    calls = []
+
+    class Silent(torch.nn.Module):  # predicts zero noise: each DDIM step rescales x, so the last x0 is x_tau / sqrt(ab_tau)
+        def forward(self, video, audio, grid):
+            calls.append(sorted(grid.unique().tolist()))
+            return torch.zeros_like(video), torch.zeros_like(audio)
+
+    tau, mask = 130, TASKS["continue_2"]
+    out = diffusion.sample(Silent(), mask, clean, steps=50, generator=torch.Generator().manual_seed(3), start_step=tau)
+    assert [c[-1] for c in calls] == [tau] + [t for t in diffusion.step_sequence(50) if 0 < t < tau]
+    g = torch.Generator().manual_seed(3)
+    noise = Latents(torch.randn(clean.video.shape, generator=g), torch.randn(clean.audio.shape, generator=g))
+    ab = diffusion.schedule.alpha_bar[tau]
+    target_v, target_a = diffusion.frame_steps((~mask).long()[None].expand(2, -1, -1))
+    for x, c, n, target in ((out.video, clean.video, noise.video, target_v[:, None, :, None, None] > 0),
+                            (out.audio, clean.audio, noise.audio, target_a[:, None, :] > 0)):
+        expected = torch.where(target, c + ((1 - ab) / ab).sqrt() * n, c)
+        assert torch.allclose(x, expected, atol=1e-4)
+        assert torch.equal(x[~target.expand_as(x)], c[~target.expand_as(c)])  # the conditions, bit-identical
+    calls.clear()
+    from_noise = diffusion.sample(Silent(), mask, clean, steps=50, generator=torch.Generator().manual_seed(3))
+    assert calls[0][-1] == diffusion.T and (from_noise.video - clean.video).abs().max() > 1
+    with pytest.raises(ValueError, match="start_step"):
+        diffusion.sample(Silent(), mask, clean, steps=5, start_step=0)
