@@ -176,8 +176,8 @@ class ShapeSupervision(BlockTap):
     """The world's shape label as a teacher of the model's middle (chapter 7).
 
     A hook keeps the tokens one AVDiT block puts out, [B, L, D]; they are averaged cell by cell of
-    the M x N grid (the video tokens of each latent segment, the audio tokens of each), and a linear
-    head (trained with the model, thrown away after) names the clip's shape from each cell's
+    the M x N grid (the video tokens of each latent segment, the audio tokens of each), and a head
+    (a LayerNorm and a linear layer, trained with the model, thrown away after) names the clip's shape from each cell's
     average. The loss is the cross-entropy over all 2 N cells, the noisy ones included: a cell
     at t = 900 beside a clean one must learn the shape from its neighbour, which is what v2a (audio
     from a clean video) and continuation ask of the model. Where nothing clean is left the best

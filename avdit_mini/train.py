@@ -850,6 +850,8 @@ def avdit_step_batch(latents: dict[str, torch.Tensor], args, step: int, rank: in
     per_rank = args.batch_size // world
     index = torch.randint(0, latents["video"].shape[0], (per_rank,), generator=generator)
     grid, strategy = timestep_grids(args.strategy, per_rank, generator, args.T, args.weights, args.clean_probability)
+    if getattr(args, "max_step", 0):  # a low-noise expert: the same grids, their steps squeezed into 1..max_step
+        grid = torch.where(grid > 0, 1 + (grid - 1) * (args.max_step - 1) // (args.T - 1), grid)
     return index, grid, strategy, generator
 
 
@@ -898,6 +900,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     if args.batch_size % world:
         raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
+    if args.max_step and not 1 < args.max_step <= args.T:
+        raise ValueError(f"--max-step must be in 2..{args.T} (--T), got {args.max_step}")
     folder = Path(args.autoencoders)
     if args.latents:
 
@@ -944,7 +948,7 @@ def run_avdit(args: argparse.Namespace) -> dict:
                                          ("object_boost", args.object_boost), ("impact_boost", args.impact_boost),
                                          ("perceptual_weight", args.perceptual_weight),
                                          ("high_frequency_gain", args.high_frequency_gain),
-                                         ("self_condition", args.self_condition)) if v})
+                                         ("self_condition", args.self_condition), ("max_step", args.max_step)) if v})
     reader = alignment = None
     if args.perceptual_weight or args.repa:
         from .perceptual import load_reader
@@ -967,7 +971,10 @@ def run_avdit(args: argparse.Namespace) -> dict:
             raise ValueError("--shape-supervision's head is not shared between torchrun's processes yet; train it in one process")
         args.shape_block = len(model.blocks) // 2 if args.shape_block is None else args.shape_block
         supervision = ShapeSupervision(model, args.shape_block).to(device)
-        shape_labels = train_shape_labels(latents["video"].shape[0]).to(device)
+        if args.latents and "shape" not in raw:  # a file's clips need not be the train split's first ones
+            raise ValueError(f"--shape-supervision needs each clip's shape: {args.latents} has no 'shape' tensor (class "
+                             "indices into data.SHAPES); add one, or let the run encode and cache the train split (--clips N)")
+        shape_labels = (raw["shape"].long() if "shape" in raw else train_shape_labels(latents["video"].shape[0])).to(device)
         run_config.update(shape_supervision=args.shape_supervision, shape_block=args.shape_block)
     # trained with the model, not part of it: kept in the training state only, to resume
     companions = {}
@@ -1124,6 +1131,9 @@ def add_avdit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repa-block", type=int, default=None,
                         help="the block whose output --repa aligns, counted from 0 (default: depth // 3 -- block 2 of the "
                              "small model's 6, whose output is halfway up)")
+    parser.add_argument("--max-step", type=int, default=0,
+                        help="train a low-noise expert (eDiff-I): every grid's steps squeezed from 1..T into 1..MAX_STEP "
+                             "(0: the full range); sample with it below a threshold (benchmarks/bench_switch.py)")
     parser.add_argument("--shape-supervision", type=float, default=0.0,
                         help="weight of a cross-entropy that asks one block's tokens, cell by cell of the grid, for the "
                              "clip's shape (the world's label; a linear head trained with the model and thrown away)")

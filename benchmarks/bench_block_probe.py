@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def main() -> None:
     model = pipeline.avdit.eval()
     video, audio, factors = encode_clips(pipeline, "val", args.clips)
     labels = factor_labels(factors, CLASSES)
-    result = {"model": f"{args.folder}/avdit_{args.name}", "clips": args.clips, "noise_t": 999,
+    result = {"model": f"{os.path.relpath(args.folder)}/avdit_{args.name}", "clips": args.clips, "noise_t": 999,
               "blocks": len(model.blocks), "command": "python benchmarks/bench_block_probe.py "
               + (f"--folder {args.folder} " if args.folder != str(CHECKPOINTS) else "") + f"--name {args.name}"
               + f" --clips {args.clips}", "tasks": {}}

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from avdit_mini.metrics import evaluate_task
-from avdit_mini.pipeline import load_pipeline, vocoder_name
+from avdit_mini.pipeline import CHECKPOINTS, load_pipeline, vocoder_name
 
 
 class Switch(nn.Module):
@@ -42,14 +42,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--thresholds", type=int, nargs="+", default=[300, 700])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--folder", default=str(CHECKPOINTS), help="where both pipelines and their autoencoders are")
+    parser.add_argument("--one-way", action="store_true",
+                        help="only --high above each threshold and --low below (a low-noise expert is no model above)")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/switch_<task>.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    a, b = load_pipeline(args.high), load_pipeline(args.low)
+    a, b = load_pipeline(args.high, args.folder), load_pipeline(args.low, args.folder)
     networks = {args.high: a.avdit, args.low: b.avdit}
     keys = ("video_shape", "video_size", "video_colour", "boundary_jump_error_px", "bounces_matched", "audio_shape")
     results = {"task": args.task, "clips": args.clips, "steps": args.steps, "vocoder": vocoder_name(a.audio_ae), "runs": []}
-    pairs = [(args.high, args.high, 0), (args.low, args.low, 0)]  # each model alone, with the same clips and noise
-    pairs += [pair + (threshold,) for threshold in args.thresholds for pair in ((args.high, args.low), (args.low, args.high))]
+    pairs = [(args.high, args.high, 0)] + ([] if args.one_way else [(args.low, args.low, 0)])  # alone, same clips and noise
+    directions = ((args.high, args.low),) if args.one_way else ((args.high, args.low), (args.low, args.high))
+    pairs += [pair + (threshold,) for threshold in args.thresholds for pair in directions]
     for high, low, threshold in pairs:
         a.avdit = Switch(networks[high], networks[low], threshold).eval()
         began = time.perf_counter()
@@ -59,7 +64,7 @@ def main() -> None:
                "seconds": round(time.perf_counter() - began, 1)}
         results["runs"].append(run)
         print(run, flush=True)
-    out = Path(__file__).parent / "results" / f"switch_{args.task}.json"
+    out = Path(args.out or Path(__file__).parent / "results" / f"switch_{args.task}.json")
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
 

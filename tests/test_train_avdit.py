@@ -264,16 +264,21 @@ def test_shape_supervision_teaches_a_block_the_label_and_resumes_exactly(workspa
     from avdit_mini.perceptual import ShapeSupervision
     from avdit_mini.train import train_shape_labels
 
-    folder, latents = workspace
+    folder, plain_latents = workspace
     labels = train_shape_labels(16)
     dataset = WorldDataset(16, "train")
     assert [SHAPES[int(labels[i])] for i in (0, 5, 15)] == [dataset[i]["factors"]["shape"] for i in (0, 5, 15)]
+    with pytest.raises(ValueError, match="no 'shape' tensor"):   # a latents file must say its clips' shapes
+        train(folder, plain_latents, folder / "avdit_shape_x", "--steps", "1", "--shape-supervision", "0.5")
+    from safetensors.torch import load_file
+    latents = folder / "latents_with_shapes.safetensors"
+    save_file({**load_file(str(plain_latents)), "shape": labels}, str(latents))
     args = ("--steps", "4", "--shape-supervision", "0.5")
     straight = train(folder, latents, folder / "avdit_shape", *args)["loss_log"]
     train(folder, latents, folder / "avdit_shape_resumed", *args, "--stop-after", "2")
     resumed = train(folder, latents, folder / "avdit_shape_resumed", *args, "--resume")["loss_log"]
     assert straight == resumed
-    plain = train(folder, latents, folder / "avdit_shape_plain", "--steps", "4")["loss_log"]
+    plain = train(folder, plain_latents, folder / "avdit_shape_plain", "--steps", "4")["loss_log"]
     first = straight[0]
     assert first["loss"] - plain[0]["loss"] == pytest.approx(0.5 * first["shape_cross_entropy"], abs=1e-4)
     assert abs(first["shape_cross_entropy"] - torch.log(torch.tensor(3.0)).item()) < 0.6  # an untrained head: about log 3
@@ -303,3 +308,27 @@ def test_shape_supervision_teaches_a_block_the_label_and_resumes_exactly(workspa
     assert supervision.head[1].weight.grad.abs().sum() > 0 and model.video_embed.weight.grad.abs().sum() > 0
     with pytest.raises(RuntimeError, match="not been called"):  # taken once
         supervision(torch.tensor([0, 2]))
+
+
+def test_a_low_noise_expert_squeezes_every_grid_into_its_range(workspace):
+    """--max-step S: the same batches and grids as a full run, each step t > 0 mapped to 1 + (t - 1)(S - 1) // (T - 1):
+    clean cells stay clean, T becomes S, the order of the cells' noise levels is kept; recorded in the run's config."""
+    from types import SimpleNamespace
+
+    from avdit_mini.train import avdit_step_batch
+
+    latents = {"video": torch.zeros(16, 8, 5, 8, 8)}
+    args = SimpleNamespace(seed=0, batch_size=64, strategy="monl", T=1000, weights=None, clean_probability=0.25, max_step=0)
+    index, full, _, _ = avdit_step_batch(latents, args, step=3, rank=0, world=1)
+    args.max_step = 300
+    index_e, squeezed, _, _ = avdit_step_batch(latents, args, step=3, rank=0, world=1)
+    assert torch.equal(index, index_e) and full.max() > 900 and (full == 0).any()
+    assert torch.equal(squeezed == 0, full == 0) and squeezed.max() <= 300 and squeezed[full > 0].min() >= 1
+    assert torch.equal(squeezed[full == 1000], torch.full_like(squeezed[full == 1000], 300))
+    order = full.flatten().argsort(stable=True)
+    assert (squeezed.flatten()[order].diff() >= 0).all()            # monotone: a noisier cell stays at least as noisy
+    folder, latents_file = workspace
+    train(folder, latents_file, folder / "avdit_expert", "--steps", "2", "--max-step", "300")
+    assert json.loads((folder / "avdit_expert.json").read_text())["run"]["max_step"] == 300
+    with pytest.raises(ValueError, match="max-step"):
+        train(folder, latents_file, folder / "avdit_expert2", "--steps", "1", "--max-step", "1")
