@@ -287,6 +287,8 @@ class GridDiffusion:
                              "branch is the weaker model, which sees every condition -- pass one or the other")
         eta = 1.0 if sampler == "ddpm" else eta
         mask = condition_mask.bool()
+        if start_step is not None and condition is None:
+            raise ValueError("start_step (SDEdit) starts the target cells from the clip's own latents: pass them as condition")
         if condition is None:
             if mask.any():
                 raise ValueError("the pattern has condition cells but no condition latents were given")
@@ -308,8 +310,8 @@ class GridDiffusion:
         x = Latents(*[torch.where(target, randn(c.shape), c) for target, c in is_target.pairs(condition)])
         sequence = self.step_sequence(steps)
         if start_step is not None:  # SDEdit: the targets' own latents, noised to start_step (x holds the noise)
-            if not 0 < start_step <= self.T:
-                raise ValueError(f"start_step must be in 1..{self.T}, got {start_step}")
+            if not isinstance(start_step, int) or not 0 < start_step <= self.T:
+                raise ValueError(f"start_step must be an integer step in 1..{self.T}, got {start_step!r}")
             noised = self.q_sample(condition, target_grid * start_step, x)
             x = Latents(*[torch.where(target, n, c) for (target, c), n in zip(is_target.pairs(condition),
                                                                               (noised.video, noised.audio))])

@@ -110,8 +110,6 @@ class BlockTap(nn.Module):
     self-conditioning estimate) are not kept.
     """
 
-    name = "BlockTap"
-
     def __init__(self, model: nn.Module, block: int, flag: str):
         super().__init__()
         depth = len(model.blocks)
@@ -131,7 +129,7 @@ class BlockTap(nn.Module):
 
     def _take(self) -> Tensor:
         if not self._hidden:
-            raise RuntimeError(f"{self.name}: the model has not been called with gradients since the last "
+            raise RuntimeError(f"{type(self).__name__}: the model has not been called with gradients since the last "
                                "loss; call it (gradients enabled) on the noisy latents first")
         return self._hidden.pop()
 
@@ -145,8 +143,6 @@ class RepresentationAlignment(BlockTap):
     similarity, averaged over tokens. The model is pushed to hold, already in its middle, what the
     reader sees -- the shape among it -- rather than to find it out only in its last layers.
     """
-
-    name = "RepresentationAlignment"
 
     def __init__(self, reader: LatentReader, model: nn.Module, block: int, hidden: int = 256):
         super().__init__(model, block, "--repa-block")
@@ -184,13 +180,11 @@ class ShapeSupervision(BlockTap):
     answer is the prior, and the loss costs log 3.
     """
 
-    name = "ShapeSupervision"
-
     def __init__(self, model: nn.Module, block: int, classes: int = 3):
         super().__init__(model, block, "--shape-block")
-        cells = int(model.token_cell.max()) + 1
-        one_hot = F.one_hot(model.token_cell, cells).float()  # [L, M*N]
-        self.register_buffer("pool", one_hot / one_hot.sum(0), persistent=False)  # averages each cell's tokens
+        geometry = model.config.geometry
+        one_hot = F.one_hot(model.token_cell, geometry.modalities * geometry.segments).float()  # [L, M*N]
+        self.register_buffer("pool", one_hot / one_hot.sum(0).clamp_min(1), persistent=False)  # each cell's mean token
         self.head = nn.Sequential(nn.LayerNorm(model.config.dim), nn.Linear(model.config.dim, classes))
 
     def cell_logits(self, tokens: Tensor) -> Tensor:

@@ -108,7 +108,10 @@ def generate(pipeline, task: str | torch.Tensor, condition: dict | None = None, 
         raise ValueError(f"condition may hold 'video' and 'audio', not {sorted(unknown)}")
     needs = [name for row, name in ((VIDEO, "video"), (AUDIO, "audio")) if task_pattern[row].any()]
     if start_step is not None:  # the targets start from the clip's own latents: both modalities are needed
-        needs = ["video", "audio"]
+        missing = [name for name in ("video", "audio") if condition.get(name) is None]
+        if missing:
+            raise ValueError(f"start_step (SDEdit) starts the generated cells from the clip's own latents, so condition "
+                             f"must hold both 'video' and 'audio'; missing {missing}")
     missing = [name for name in needs if condition.get(name) is None]
     if missing:
         raise ValueError(f"task {describe(task_pattern)} conditions on {needs} but condition lacks {missing}: "

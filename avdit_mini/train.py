@@ -851,7 +851,7 @@ def avdit_step_batch(latents: dict[str, torch.Tensor], args, step: int, rank: in
     index = torch.randint(0, latents["video"].shape[0], (per_rank,), generator=generator)
     grid, strategy = timestep_grids(args.strategy, per_rank, generator, args.T, args.weights, args.clean_probability)
     if getattr(args, "max_step", 0):  # a low-noise expert: the same grids, their steps squeezed into 1..max_step
-        grid = torch.where(grid > 0, 1 + (grid - 1) * (args.max_step - 1) // (args.T - 1), grid)
+        grid = torch.where(grid > 0, (grid * args.max_step + args.T - 1) // args.T, grid)  # ceil(t S / T): as many t per step
     return index, grid, strategy, generator
 
 
@@ -974,7 +974,13 @@ def run_avdit(args: argparse.Namespace) -> dict:
         if args.latents and "shape" not in raw:  # a file's clips need not be the train split's first ones
             raise ValueError(f"--shape-supervision needs each clip's shape: {args.latents} has no 'shape' tensor (class "
                              "indices into data.SHAPES); add one, or let the run encode and cache the train split (--clips N)")
-        shape_labels = (raw["shape"].long() if "shape" in raw else train_shape_labels(latents["video"].shape[0])).to(device)
+        clips = latents["video"].shape[0]
+        shape_labels = raw["shape"].long() if "shape" in raw else train_shape_labels(clips)
+        if shape_labels.shape != (clips,) or not 0 <= int(shape_labels.min()) <= int(shape_labels.max()) < len(SHAPES):
+            raise ValueError(f"--shape-supervision: {args.latents}'s 'shape' must hold one class index in 0..{len(SHAPES) - 1} "
+                             f"(data.SHAPES) per clip, [{clips}]; got {list(shape_labels.shape)} with values "
+                             f"{int(shape_labels.min())}..{int(shape_labels.max())}")
+        shape_labels = shape_labels.to(device)
         run_config.update(shape_supervision=args.shape_supervision, shape_block=args.shape_block)
     # trained with the model, not part of it: kept in the training state only, to resume
     companions = {}
@@ -983,6 +989,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
     if supervision is not None:
         companions["shape_head"] = supervision.head
     trained_parameters = list(model.parameters()) + [p for module in companions.values() for p in module.parameters()]
+    resume_settings = {"max_step": args.max_step, "repa_block": args.repa_block if alignment is not None else None,
+                       "shape_block": args.shape_block if supervision is not None else None}
     optimizer = torch.optim.AdamW(trained_parameters, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     scheduler = warmup_cosine(optimizer, args.steps, args.warmup)
     start, loss_log = 0, []
@@ -993,6 +1001,10 @@ def run_avdit(args: argparse.Namespace) -> dict:
             if (name in state) != (name in companions):
                 raise ValueError(f"{state_path} was trained {'with' if name in state else 'without'} {flag}; "
                                  "resume it with the same flags (or start a new run with another --out)")
+        for key, value in resume_settings.items():  # saved since these flags exist: older states have none
+            if key in state.get("settings", {}) and state["settings"][key] != value:
+                raise ValueError(f"{state_path} was trained with --{key.replace('_', '-')} {state['settings'][key]}, "
+                                 f"not {value}; resume it with the same flags (or start a new run with another --out)")
         model.load_state_dict(state["model"])
         ema.model.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -1026,6 +1038,7 @@ def run_avdit(args: argparse.Namespace) -> dict:
         training_state = {"model": model.state_dict(), "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "step": step, "loss_log": loss_log}
         training_state.update({name: module.state_dict() for name, module in companions.items()})
+        training_state["settings"] = resume_settings
         torch.save(training_state, tmp)
         os.replace(tmp, state_path)
 
@@ -1132,8 +1145,8 @@ def add_avdit_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the block whose output --repa aligns, counted from 0 (default: depth // 3 -- block 2 of the "
                              "small model's 6, whose output is halfway up)")
     parser.add_argument("--max-step", type=int, default=0,
-                        help="train a low-noise expert (eDiff-I): every grid's steps squeezed from 1..T into 1..MAX_STEP "
-                             "(0: the full range); sample with it below a threshold (benchmarks/bench_switch.py)")
+                        help="train a low-noise expert (eDiff-I): every grid's step t > 0 squeezed to ceil(t MAX_STEP / T) "
+                             "(0: the full range); sample with it below a threshold (benchmarks/bench_switch.py --one-way)")
     parser.add_argument("--shape-supervision", type=float, default=0.0,
                         help="weight of a cross-entropy that asks one block's tokens, cell by cell of the grid, for the "
                              "clip's shape (the world's label; a linear head trained with the model and thrown away)")

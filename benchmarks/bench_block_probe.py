@@ -56,7 +56,7 @@ def probe_task(model, video: torch.Tensor, audio: torch.Tensor, labels: dict, ta
                seed: int = 0) -> dict:
     """Per block, the linear probe's held-out accuracy for each factor from the mean of the tokens to be made,
     one modality at a time: {"<modality>_<factor>": [depth + 1 accuracies]}."""
-    mask = resolve_task(task).bool()  # [M, N], True where given
+    mask = resolve_task(task, model.config.geometry.segments).bool()  # [M, N], True where given
     grid = torch.where(mask, 0, noise_t).long().expand(len(video), -1, -1)
     g = torch.Generator().manual_seed(seed)
     noise = (torch.randn(video.shape, generator=g), torch.randn(audio.shape, generator=g))

@@ -5,7 +5,7 @@
 SDEdit (Meng et al. 2022) run as a measurement: each held-out clip's *own* latents, the target
 cells noised to a step tau (``GridDiffusion.sample(start_step=tau)``), are sampled back to 0 with
 the same 50-step DDIM grid below tau, decoded and probed like any generation (``evaluate_task``).
-tau = 1000 is the task itself; small tau leaves the answer in the input. The round trip of the same
+tau = 1000 is the task itself (but for the sqrt(alpha_bar_T) ~ 0.3% of the clean latent left in the start); small tau leaves the answer in the input. The round trip of the same
 clips through the autoencoders alone (tau = 0) is the ceiling. Where the curve falls says at which
 noise level the model loses what it is asked for: continue_2's shape (drawn from the clip's own
 frames), v2a's timbre (heard from its video).
@@ -32,7 +32,7 @@ KEYS = ("video_shape", "video_colour", "video_size", "audio_shape", "audio_size"
 
 def round_trip(pipeline, task: str, n_clips: int, batch_size: int = 16) -> dict:
     """The same clips' scores through the autoencoders alone: the ceiling of any generation."""
-    pattern, dataset, rows = resolve_task(task), WorldDataset(n_clips, "test"), []
+    pattern, dataset, rows = resolve_task(task, pipeline.geometry.segments), WorldDataset(n_clips, "test"), []
     for start in range(0, n_clips, batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, n_clips))]
         batch = collate(items)

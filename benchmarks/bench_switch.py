@@ -49,6 +49,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     a, b = load_pipeline(args.high, args.folder), load_pipeline(args.low, args.folder)
+    expert_range = b.meta.get("run", {}).get("max_step")  # a low-noise expert (train avdit --max-step) saw steps 1..S only
+    if expert_range and (not args.one_way or max(args.thresholds) > expert_range):
+        raise ValueError(f"{args.low} was trained on steps 1..{expert_range} only (--max-step): pass --one-way and "
+                         f"thresholds <= {expert_range}")
     networks = {args.high: a.avdit, args.low: b.avdit}
     keys = ("video_shape", "video_size", "video_colour", "boundary_jump_error_px", "bounces_matched", "audio_shape")
     results = {"task": args.task, "clips": args.clips, "steps": args.steps, "vocoder": vocoder_name(a.audio_ae), "runs": []}

@@ -328,5 +328,15 @@ def test_sdedit_starts_the_targets_from_their_own_noised_latents():
     calls.clear()
     from_noise = diffusion.sample(Silent(), mask, clean, steps=50, generator=torch.Generator().manual_seed(3))
     assert calls[0][-1] == diffusion.T and (from_noise.video - clean.video).abs().max() > 1
-    with pytest.raises(ValueError, match="start_step"):
-        diffusion.sample(Silent(), mask, clean, steps=5, start_step=0)
+    calls.clear()  # from T, the same steps as without a start; a start on a grid step is not visited twice
+    diffusion.sample(Silent(), mask, clean, steps=50, start_step=diffusion.T)
+    assert [c[-1] for c in calls] == [t for t in diffusion.step_sequence(50) if t > 0]
+    calls.clear()
+    diffusion.sample(Silent(), mask, clean, steps=50, start_step=140)
+    assert [c[-1] for c in calls] == [140, 120, 100, 80, 60, 40, 20]
+    for bad in (0, diffusion.T + 1, 200.0):
+        with pytest.raises(ValueError, match="start_step"):
+            diffusion.sample(Silent(), mask, clean, steps=5, start_step=bad)
+    with pytest.raises(ValueError, match="pass them as condition"):
+        diffusion.sample(Silent(), TASKS["joint"], None, batch_size=2, steps=5, start_step=100,
+                         latent_shapes=((8, 5, 8, 8), (8, 34)))

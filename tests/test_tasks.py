@@ -62,11 +62,15 @@ def test_custom_patterns_and_errors(pipeline, clip):
         pattern("CGX", "GGG")
     with pytest.raises(ValueError, match="condition video must be"):
         generate(pipeline, "v2a", condition={"video": clip.video[:, :9]})
-    with pytest.raises(ValueError, match="lacks \\['audio'\\]"):  # SDEdit starts the targets from the clip's own audio
+    with pytest.raises(ValueError, match="must hold both 'video' and 'audio'"):  # SDEdit starts from the clip's own audio
         generate(pipeline, "v2a", condition={"video": clip.video}, start_step=500)
     both = {"video": clip.video, "audio": clip.audio}
-    started = generate(pipeline, "v2a", condition=both, steps=4, start_step=250)
-    assert torch.equal(started.latents.video, pipeline.encode(clip.video[None], clip.audio[None]).video)
+    own = pipeline.encode(clip.video[None], clip.audio[None])
+    started = generate(pipeline, "v2a", condition=both, steps=4, start_step=20)
+    fresh = generate(pipeline, "v2a", condition=both, steps=4)
+    assert torch.equal(started.latents.video, own.video)
+    # from step 20 the generated soundtrack stays near the clip's own; from pure noise it does not
+    assert (started.latents.audio - own.audio).abs().mean() < 0.5 * (fresh.latents.audio - own.audio).abs().mean()
 
 
 def test_rolling_continuation_extends_the_clip(pipeline, clip):

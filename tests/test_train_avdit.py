@@ -272,6 +272,9 @@ def test_shape_supervision_teaches_a_block_the_label_and_resumes_exactly(workspa
         train(folder, plain_latents, folder / "avdit_shape_x", "--steps", "1", "--shape-supervision", "0.5")
     from safetensors.torch import load_file
     latents = folder / "latents_with_shapes.safetensors"
+    save_file({**load_file(str(plain_latents)), "shape": labels[:8]}, str(latents))
+    with pytest.raises(ValueError, match="one class index"):      # a label per clip, or a clear error
+        train(folder, latents, folder / "avdit_shape_x", "--steps", "1", "--shape-supervision", "0.5")
     save_file({**load_file(str(plain_latents)), "shape": labels}, str(latents))
     args = ("--steps", "4", "--shape-supervision", "0.5")
     straight = train(folder, latents, folder / "avdit_shape", *args)["loss_log"]
@@ -287,6 +290,8 @@ def test_shape_supervision_teaches_a_block_the_label_and_resumes_exactly(workspa
     assert (run["shape_supervision"], run["shape_block"]) == (0.5, 1)  # tiny has 2 blocks: depth // 2 = block 1
     with pytest.raises(ValueError, match="with --shape-supervision"):
         train(folder, latents, folder / "avdit_shape_resumed", "--steps", "5", "--resume")
+    with pytest.raises(ValueError, match="--shape-block 1"):          # the head read another block
+        train(folder, latents, folder / "avdit_shape_resumed", *args, "--shape-block", "0", "--resume")
     state = torch.load(folder / "avdit_shape.state.pt", weights_only=False)
     assert "shape_head" in state and not any(k.startswith("head") for k in state["model"])
     assert set(load_pipeline("shape", folder).avdit.state_dict()) == set(load_pipeline("shape_plain", folder).avdit.state_dict())
@@ -310,9 +315,10 @@ def test_shape_supervision_teaches_a_block_the_label_and_resumes_exactly(workspa
         supervision(torch.tensor([0, 2]))
 
 
-def test_a_low_noise_expert_squeezes_every_grid_into_its_range(workspace):
-    """--max-step S: the same batches and grids as a full run, each step t > 0 mapped to 1 + (t - 1)(S - 1) // (T - 1):
-    clean cells stay clean, T becomes S, the order of the cells' noise levels is kept; recorded in the run's config."""
+def test_a_low_noise_expert_squeezes_every_grid_into_its_range(workspace, monkeypatch):
+    """--max-step S: the same batches and grids as a full run, each step t > 0 mapped to ceil(t S / T): clean cells stay
+    clean, T becomes S, each step gets as many t, the order of the cells' noise levels is kept; recorded in the run's
+    config and checked on resume."""
     from types import SimpleNamespace
 
     from avdit_mini.train import avdit_step_batch
@@ -322,13 +328,21 @@ def test_a_low_noise_expert_squeezes_every_grid_into_its_range(workspace):
     index, full, _, _ = avdit_step_batch(latents, args, step=3, rank=0, world=1)
     args.max_step = 300
     index_e, squeezed, _, _ = avdit_step_batch(latents, args, step=3, rank=0, world=1)
-    assert torch.equal(index, index_e) and full.max() > 900 and (full == 0).any()
+    assert torch.equal(index, index_e) and (full == 1000).any() and (full == 0).any()
     assert torch.equal(squeezed == 0, full == 0) and squeezed.max() <= 300 and squeezed[full > 0].min() >= 1
     assert torch.equal(squeezed[full == 1000], torch.full_like(squeezed[full == 1000], 300))
     order = full.flatten().argsort(stable=True)
     assert (squeezed.flatten()[order].diff() >= 0).all()            # monotone: a noisier cell stays at least as noisy
     folder, latents_file = workspace
+    import avdit_mini.train as train_module   # every t from 1 to 1000 once, through the loop's own mapping
+    monkeypatch.setattr(train_module, "timestep_grids",
+                        lambda *a, **k: (torch.arange(1, 1001).reshape(100, 2, 5), torch.zeros(100, dtype=torch.long)))
+    _, every_t, _, _ = avdit_step_batch(latents, SimpleNamespace(**{**vars(args), "max_step": 250, "batch_size": 100}), 0, 0, 1)
+    assert torch.equal(torch.bincount(every_t.flatten())[1:], torch.full((250,), 4))  # four t's to each of 1..250
+    monkeypatch.undo()
     train(folder, latents_file, folder / "avdit_expert", "--steps", "2", "--max-step", "300")
     assert json.loads((folder / "avdit_expert.json").read_text())["run"]["max_step"] == 300
+    with pytest.raises(ValueError, match="--max-step 300"):   # resuming an expert as another one
+        train(folder, latents_file, folder / "avdit_expert", "--steps", "3", "--max-step", "200", "--resume")
     with pytest.raises(ValueError, match="max-step"):
         train(folder, latents_file, folder / "avdit_expert2", "--steps", "1", "--max-step", "1")
