@@ -37,19 +37,21 @@ CLASSES = {"shape": list(SHAPES), "radius": list(SIZES)}
 
 
 @torch.no_grad()
-def block_outputs(model, video: torch.Tensor, audio: torch.Tensor, grid: torch.Tensor, batch: int = 200) -> list[torch.Tensor]:
-    """The tokens after each block, [depth + 1] of [B, L, D] (index 0: the embedded input)."""
-    outputs = None
+def pooled_block_outputs(model, video: torch.Tensor, audio: torch.Tensor, grid: torch.Tensor, chosen: dict,
+                         batch: int = 200) -> dict[str, list[torch.Tensor]]:
+    """For each named token mask [L] in ``chosen``, the mean of those tokens after each block: {name: [depth + 1] of
+    [B, D]} (index 0: the embedded input). The blocks are run as AVDiT.forward runs them; only the means are kept."""
+    pooled = {name: [[] for _ in range(len(model.blocks) + 1)] for name in chosen}
     for start in range(0, len(video), batch):
         part = slice(start, start + batch)
         x = model.embed_tokens(video[part], audio[part])
         conditioning = model.token_conditioning(grid[part])
-        kept = [x]
-        for block in model.blocks:
-            x = block(x, conditioning)
-            kept.append(x)
-        outputs = [[k] for k in kept] if outputs is None else [o + [k] for o, k in zip(outputs, kept)]
-    return [torch.cat(o) for o in outputs]
+        for depth in range(len(model.blocks) + 1):
+            if depth:
+                x = model.blocks[depth - 1](x, conditioning)
+            for name, mask in chosen.items():
+                pooled[name][depth].append(x[:, mask].mean(1))
+    return {name: [torch.cat(parts) for parts in per_block] for name, per_block in pooled.items()}
 
 
 def probe_task(model, video: torch.Tensor, audio: torch.Tensor, labels: dict, task: str, noise_t: int = 999,
@@ -65,13 +67,11 @@ def probe_task(model, video: torch.Tensor, audio: torch.Tensor, labels: dict, ta
     video_in = torch.where(mask[0][video_segment_of_latent_frame(geometry)][None, None, :, None, None], video, noise[0])
     audio_in = torch.where(mask[1][audio_segment_of_latent_frame(geometry)][None, None, :], audio, noise[1])
     made = ~mask[model.token_modality, model.layout.segment]  # [L], the tokens of the cells to make
+    chosen = {name: made & (model.token_modality == modality) for modality, name in enumerate(("video", "audio"))}
     result = {}
-    for tokens in block_outputs(model, video_in, audio_in, grid):
-        for modality, name in enumerate(("video", "audio")):
-            chosen = made & (model.token_modality == modality)
-            if not chosen.any():
-                continue
-            pooled = tokens[:, chosen].mean(1)  # [B, D]
+    for name, per_block in pooled_block_outputs(model, video_in, audio_in, grid,
+                                                {k: m for k, m in chosen.items() if m.any()}).items():
+        for pooled in per_block:  # [B, D]
             for factor, y in labels.items():
                 result.setdefault(f"{name}_{factor}", []).append(round(linear_accuracy(pooled, y), 3))
     return result
