@@ -35,10 +35,10 @@ from .audio_ae import AudioAEConfig, AudioAutoencoder, PostNetConfig, Spectrogra
 from .avdit import AVDiT, AVDiTConfig, num_parameters
 from .config import Geometry, get_profile
 from .data import SHAPES, SIZES, SPLIT_OFFSETS, World, WorldDataset, collate
-from .diffusion import GridDiffusion, Latents
+from .diffusion import GridDiffusion, Latents, _clamped
 from .latents import LatentScaler, encode_dataset
 from .monl import STRATEGIES, conditional_grid, sample_timestep_grid
-from .pipeline import AVPipeline, load_autoencoder, load_pipeline_state, save_pipeline
+from .pipeline import CHECKPOINTS, AVPipeline, load_autoencoder, load_pipeline_state, save_pipeline
 from .schedules import NoiseSchedule
 from .tasks import resolve_task
 from .video_ae import (TINY_VIDEO_CONFIG, FrameCritic, ShapeReadout, VideoAEConfig, VideoAutoencoder, hinge_critic_loss,
@@ -468,6 +468,71 @@ class ShapeHeadLoss:
         return f"shape head: cross-entropy {error:.3f}, right in {100 * accuracy:.1f}% of the object's cells"
 
 
+class GuessLoss:
+    """``--decode-guesses NAME`` (chapter 3, "A decoder for the model's guesses"): draw the true clip from a guess.
+
+    A diffusion model's samples are not true latents: chapter 8 finds its guesses of the clean latent
+    close to the right drawing but blurred, and this decoder draws a blurred object round. Noise on the
+    true latents (``--latent-noise``) teaches the average, a blob, because Gaussian noise wipes out what
+    tells the shapes apart; the model's own guesses keep most of it. So here a share (``--guess-share``)
+    of each batch's clips are decoded not from their latent but from the diffusion model ``NAME``'s
+    one-step guess of it: the clip's latents (video and sound) noised on one of MoNL's grids, its steps
+    squeezed into 1..``--guess-max-step`` (as ``train avdit --max-step`` squeezes them), and predicted
+    once. The target is the true clip, the loss the usual reconstruction loss. Grids, noise and the
+    choice of clips come from a generator seeded by the step, so a resume is exact. The diffusion model
+    is frozen and must have been trained on this encoder's latents (``--finetune-decoder`` of the
+    pipeline's video autoencoder).
+    """
+
+    def __init__(self, model: nn.Module, args: argparse.Namespace, device: torch.device):
+        from .pipeline import load_pipeline
+
+        pipeline = load_pipeline(args.decode_guesses, args.guess_folder, device)
+        mine, theirs = model.state_dict(), pipeline.video_ae.state_dict()
+        frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+        if not frozen or any(name not in theirs or not torch.equal(mine[name], theirs[name].to(mine[name].device))
+                             for name in frozen):
+            raise ValueError(f"--decode-guesses {args.decode_guesses}: its diffusion model was trained on the latents of "
+                             f"{args.guess_folder}/video_ae; fine-tune that decoder (--finetune-decoder "
+                             f"{args.guess_folder}/video_ae) so that the encoder, and so the latents, are the same")
+        if not 1 <= args.guess_max_step <= pipeline.avdit.config.T:
+            raise ValueError(f"--guess-max-step must be in 1..{pipeline.avdit.config.T}, got {args.guess_max_step}")
+        if not 0 < args.guess_share <= 1:
+            raise ValueError(f"--guess-share is the share of clips decoded from a guess: in (0, 1], got {args.guess_share}")
+        self.model, self.args, self.device = model, args, device
+        self.avdit, self.scaler, self.audio_ae = pipeline.avdit, pipeline.scaler, pipeline.audio_ae
+        self.diffusion, self.T = pipeline.diffusion, pipeline.avdit.config.T
+        self.stats: list[float] = []  # the guess's mean squared distance from the true latent, in channel spreads
+
+    @torch.no_grad()
+    def guessed_latents(self, video: torch.Tensor, audio: torch.Tensor, step: int) -> torch.Tensor:
+        """The video latent to decode for each clip: the model's one-step guess for a ``--guess-share`` of them."""
+        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + step * 1009 + 7)
+        latent = self.model.encode(video)
+        clean = Latents(*self.scaler.scale(latent, self.audio_ae.encode(audio)))
+        grid, _ = timestep_grids("monl", video.shape[0], generator, self.T)
+        grid = torch.where(grid > 0, (grid * self.args.guess_max_step + self.T - 1) // self.T, grid).to(self.device)
+        noise = Latents(*(torch.randn(x.shape, generator=generator).to(self.device) for x in (clean.video, clean.audio)))
+        guess = _clamped(self.diffusion.predict(self.avdit, self.diffusion.q_sample(clean, grid, noise), grid)[1])
+        t_video, _ = self.diffusion.frame_steps(grid)  # a condition cell (t = 0) keeps its true latent
+        guess_video = torch.where((t_video > 0).reshape(*t_video.shape[:1], 1, t_video.shape[1], 1, 1), guess.video, clean.video)
+        self.stats.append(float((guess_video - clean.video).square().mean()))
+        guessed = self.scaler.unscale(guess_video, clean.audio)[0]
+        chosen = (torch.rand(video.shape[0], generator=generator) < self.args.guess_share).to(self.device)
+        return torch.where(chosen.reshape(-1, 1, 1, 1, 1), guessed, latent)
+
+    def __call__(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        video = batch["video"]
+        latent = self.guessed_latents(video, batch["audio"], step)
+        chosen = random_frames(video, self.args.loss_frames or video.shape[2])
+        return reconstruction_loss(self.model.decode_raw(latent, chosen), video[:, :, chosen], edge=self.args.edge_weight,
+                                   pixel=self.args.pixel_loss, boost=self.args.object_boost, area=self.args.boost_area,
+                                   halo=self.args.halo_weight)
+
+    def report(self) -> str:
+        return f"guesses: {np.mean(self.stats[-50:]) if self.stats else float('nan'):.3f} mean squared distance from the latent"
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     """A collated batch with its tensors on ``device`` (the factors stay as they are)."""
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -579,6 +644,15 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
             companion.head_loss = ShapeHeadLoss(model, args)
         else:
             head_loss = ShapeHeadLoss(model, args)
+    guesses = None
+    if args.decode_guesses:
+        if args.modality != "video" or not args.finetune_decoder:
+            raise ValueError("--decode-guesses teaches the video decoder: pass --modality video and --finetune-decoder "
+                             "STEM (the diffusion model's autoencoder)")
+        if companion or head_loss or args.latent_noise:
+            raise ValueError("--decode-guesses does not combine with --adversarial, --shape-alignment, --shape-head or "
+                             "--latent-noise: one at a time")
+        guesses = GuessLoss(model, args, device)
     optimizer, scheduler, step, loss_log = optimiser_and_resume(model, args, config, steps)
     stem = Path(args.out)
     parameters = sum(p.numel() for p in model.parameters())
@@ -589,10 +663,10 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
     quick = None
     if companion:
         quick = lambda: quick_eval(model, "video")  # noqa: E731  (the companion logs its own numbers as it saves)
-    elif head_loss:
-        quick = lambda: f"{quick_eval(model, 'video')} {head_loss.report()}"  # noqa: E731
+    elif head_loss or guesses:
+        quick = lambda: f"{quick_eval(model, 'video')} {(head_loss or guesses).report()}"  # noqa: E731
     step, loss_log = train_loop(model, args, optimizer, scheduler, stem, config, step, steps, batch_size, loss_log,
-                                loss_fn=companion.loss if companion else head_loss, quick=quick,
+                                loss_fn=companion.loss if companion else (head_loss or guesses), quick=quick,
                                 on_save=companion.save if companion else None)
     metrics = evaluate_autoencoder(model, args.modality, args.eval_clips) if args.eval_clips else {}
     log(f"metrics: {metrics}")
@@ -1253,6 +1327,14 @@ def build_parser() -> argparse.ArgumentParser:
                              help="video: decode latents plus noise of up to this many channel spreads (with "
                                   "--finetune-decoder: a decoder that draws sharp shapes from a diffusion model's "
                                   "slightly-off latents)")
+    autoencoder.add_argument("--decode-guesses", default=None, metavar="NAME",
+                             help="video, with --finetune-decoder: decode a share of the clips from diffusion model "
+                                  "avdit_NAME's one-step guess of their latent (chapter 3: a decoder for the model's guesses)")
+    autoencoder.add_argument("--guess-folder", default=str(CHECKPOINTS), help="where avdit_NAME of --decode-guesses is")
+    autoencoder.add_argument("--guess-max-step", type=int, default=300,
+                             help="--decode-guesses: MoNL's grids squeezed into steps 1..this (how noisy the guesses are)")
+    autoencoder.add_argument("--guess-share", type=float, default=0.5,
+                             help="--decode-guesses: the share of each batch decoded from a guess (the rest: true latents)")
     autoencoder.add_argument("--shape-alignment", type=float, default=0.0, metavar="W",
                              help="video: + W x the cross-entropy of a linear read-out of the shape from each latent "
                                   "cell the object covers (ShapeAligner; chapter 3)")

@@ -431,3 +431,68 @@ def test_shape_head_finetunes_the_decoder_only_and_resumes_exactly(tmp_path):
     with pytest.raises(ValueError, match="video decoder"):
         main(["autoencoder", "--modality", "audio", "--tiny", "--steps", "1", "--shape-head", "1", "--no-manifest",
               "--eval-clips", "0", "--out", str(tmp_path / "audio")])
+
+
+def test_decode_guesses_teaches_the_decoder_a_diffusion_models_guesses(tmp_path):
+    """--decode-guesses NAME: a share of each batch is decoded from avdit_NAME's one-step guess of its latent (its steps
+    squeezed into 1..--guess-max-step), the rest from the true latent; the encoder stays bit for bit; a resume is exact;
+    a decoder whose encoder is not the one the diffusion model was trained on is refused."""
+    import argparse
+    from dataclasses import asdict
+    from safetensors.torch import save_file
+    from avdit_mini.audio_ae import AudioAutoencoder
+    from avdit_mini.config import Geometry
+    from avdit_mini.data import WorldDataset, collate
+    from avdit_mini.pipeline import load_autoencoder
+    from avdit_mini.train import TINY_AUDIO_CONFIG, GuessLoss
+
+    common = ["autoencoder", "--modality", "video", "--tiny", "--batch-size", "2", "--warmup", "1",
+              "--eval-clips", "0", "--no-manifest", "--threads", "1"]
+    main(common + ["--steps", "2", "--out", str(tmp_path / "video_ae")])
+    checkpoints.save_checkpoint(tmp_path / "audio_ae", AudioAutoencoder(TINY_AUDIO_CONFIG).state_dict(),
+                                {"kind": "audio_ae", "model": asdict(TINY_AUDIO_CONFIG), "geometry": asdict(Geometry())})
+    g = torch.Generator().manual_seed(0)
+    save_file({"video": torch.randn(8, 8, 5, 8, 8, generator=g), "audio": torch.randn(8, 8, 34, generator=g)},
+              str(tmp_path / "latents.safetensors"))
+    main(["avdit", "--preset", "tiny", "--latents", str(tmp_path / "latents.safetensors"), "--autoencoders", str(tmp_path),
+          "--out", str(tmp_path / "avdit_tiny"), "--batch-size", "4", "--steps", "2", "--warmup", "1", "--threads", "1",
+          "--quiet", "--no-manifest"])
+    guessed = common + ["--steps", "4", "--finetune-decoder", str(tmp_path / "video_ae"), "--decode-guesses", "tiny",
+                        "--guess-folder", str(tmp_path), "--loss-frames", "3"]
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    tuned = _run_split_and_whole(runs, guessed, None)
+    base, _ = checkpoints.load_checkpoint(tmp_path / "video_ae")
+    assert all(torch.equal(base[k], tuned[k]) for k in base if k.startswith("encoder."))      # the latents stay
+    assert any(not torch.equal(base[k], tuned[k]) for k in base if k.startswith("decoder."))
+
+    # what the decoder is shown: the true latent, or the model's guess of it where the step is > 0
+    model = load_autoencoder("video", tmp_path)
+    model.encoder.requires_grad_(False), model.encoder_trunk.requires_grad_(False)
+    batch = collate([WorldDataset(4, "val")[i] for i in range(4)])
+    latent = model.encode(batch["video"])
+    settings = dict(decode_guesses="tiny", guess_folder=str(tmp_path), guess_max_step=300, seed=0)
+    everything = GuessLoss(model, argparse.Namespace(**settings, guess_share=1.0), torch.device("cpu"))
+    shown = everything.guessed_latents(batch["video"], batch["audio"], step=3)
+    assert shown.shape == latent.shape and not torch.allclose(shown, latent)
+    assert torch.equal(shown, everything.guessed_latents(batch["video"], batch["audio"], step=3))  # seeded by the step
+    almost_none = GuessLoss(model, argparse.Namespace(**settings, guess_share=1e-9), torch.device("cpu"))
+    assert torch.equal(almost_none.guessed_latents(batch["video"], batch["audio"], step=3), latent)
+    gentle = GuessLoss(model, argparse.Namespace(**{**settings, "guess_max_step": 1}, guess_share=1.0), torch.device("cpu"))
+    near = gentle.guessed_latents(batch["video"], batch["audio"], step=3)      # at t = 1 the guess is nearly the latent
+    assert (near - latent).abs().mean() < 0.2 * (shown - latent).abs().mean()
+    assert everything.stats and gentle.stats[-1] < everything.stats[-1]
+
+    # refused: a decoder of other latents, both sides trained, a guess share or step out of range
+    main(common + ["--steps", "1", "--seed", "5", "--out", str(tmp_path / "other")])
+    with pytest.raises(ValueError, match="trained on the latents of"):
+        main(common + ["--steps", "1", "--finetune-decoder", str(tmp_path / "other"), "--decode-guesses", "tiny",
+                       "--guess-folder", str(tmp_path), "--out", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="--finetune-decoder"):
+        main(common + ["--steps", "1", "--finetune", str(tmp_path / "video_ae"), "--decode-guesses", "tiny",
+                       "--guess-folder", str(tmp_path), "--out", str(tmp_path / "x")])
+    for flag, value in (("--guess-share", "0"), ("--guess-max-step", "0")):
+        with pytest.raises(ValueError, match=flag):
+            main(guessed + [flag, value, "--out", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="one at a time"):
+        main(guessed + ["--latent-noise", "0.3", "--out", str(tmp_path / "x")])
