@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -55,7 +56,8 @@ def main() -> None:
                          f"thresholds <= {expert_range}")
     networks = {args.high: a.avdit, args.low: b.avdit}
     keys = ("video_shape", "video_size", "video_colour", "boundary_jump_error_px", "bounces_matched", "audio_shape")
-    results = {"task": args.task, "clips": args.clips, "steps": args.steps, "vocoder": vocoder_name(a.audio_ae), "runs": []}
+    results = {"task": args.task, "clips": args.clips, "steps": args.steps, "vocoder": vocoder_name(a.audio_ae),
+               "command": "python benchmarks/bench_switch.py " + " ".join(sys.argv[1:]), "runs": []}
     pairs = [(args.high, args.high, 0)] + ([] if args.one_way else [(args.low, args.low, 0)])  # alone, same clips and noise
     directions = ((args.high, args.low),) if args.one_way else ((args.high, args.low), (args.low, args.high))
     pairs += [pair + (threshold,) for threshold in args.thresholds for pair in directions]
