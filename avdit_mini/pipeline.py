@@ -161,3 +161,13 @@ def load_pipeline(name: str = "monl", folder: str | Path = CHECKPOINTS, device: 
                           scaler, config.get("schedule", "cosine"))
     pipeline.meta = meta
     return pipeline.to(device).eval()
+
+
+def provenance(pipeline: AVPipeline) -> dict:
+    """What made a loaded pipeline, for a result file: its steps, its run's settings (``--init``, ``--max-step``, ...)
+    and its training loss over the first 100 and the last 200 steps of its last run (the mean per step)."""
+    meta = getattr(pipeline, "meta", {})
+    losses = [r["loss"] if isinstance(r, dict) else r for r in meta.get("loss_log", [])]
+    summary = {"first_100": round(sum(losses[:100]) / len(losses[:100]), 5),
+               "last_200": round(sum(losses[-200:]) / len(losses[-200:]), 5)} if len(losses) >= 300 else None
+    return {"trained_steps": meta.get("step"), "run": meta.get("run", {}), "training_loss": summary}

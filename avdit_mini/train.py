@@ -469,16 +469,17 @@ class ShapeHeadLoss:
 
 
 class GuessLoss:
-    """``--decode-guesses NAME`` (chapter 3, "A decoder for the model's guesses"): draw the true clip from a guess.
+    """``--decode-guesses NAME`` (chapter 8, "A decoder for the model's guesses"): draw the true clip from a guess.
 
     A diffusion model's samples are not true latents: chapter 8 finds its guesses of the clean latent
     close to the right drawing but blurred, and this decoder draws a blurred object round. Noise on the
     true latents (``--latent-noise``) teaches the average, a blob, because Gaussian noise wipes out what
-    tells the shapes apart; the model's own guesses keep most of it. So here a share (``--guess-share``)
-    of each batch's clips are decoded not from their latent but from the diffusion model ``NAME``'s
-    one-step guess of it: the clip's latents (video and sound) noised on one of MoNL's grids, its steps
-    squeezed into 1..``--guess-max-step`` (as ``train avdit --max-step`` squeezes them), and predicted
-    once. The target is the true clip, the loss the usual reconstruction loss. Grids, noise and the
+    tells the shapes apart; the model's own guesses keep most of it. So here each clip, with probability
+    ``--guess-share``, is decoded not from its latent but from the diffusion model ``NAME``'s one-step
+    guess of it: the clip's latents (video and sound) noised on one of MoNL's grids (which draw no clean
+    cell, so every video cell is guessed), its steps squeezed into 1..``--guess-max-step`` (as ``train
+    avdit --max-step`` squeezes them), and predicted once. The target is the true clip, the loss the
+    usual reconstruction loss. Grids, noise and the
     choice of clips come from a generator seeded by the step, so a resume is exact. The diffusion model
     is frozen and must have been trained on this encoder's latents (``--finetune-decoder`` of the
     pipeline's video autoencoder).
@@ -502,20 +503,18 @@ class GuessLoss:
         self.model, self.args, self.device = model, args, device
         self.avdit, self.scaler, self.audio_ae = pipeline.avdit, pipeline.scaler, pipeline.audio_ae
         self.diffusion, self.T = pipeline.diffusion, pipeline.avdit.config.T
-        self.stats: list[float] = []  # the guess's mean squared distance from the true latent, in channel spreads
+        self.stats: list[float] = []  # the guesses' mean squared distance from the unit-variance latent, all clips
 
     @torch.no_grad()
     def guessed_latents(self, video: torch.Tensor, audio: torch.Tensor, step: int) -> torch.Tensor:
-        """The video latent to decode for each clip: the model's one-step guess for a ``--guess-share`` of them."""
+        """The video latent to decode for each clip: the model's one-step guess, with probability ``--guess-share``."""
         generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + step * 1009 + 7)
         latent = self.model.encode(video)
         clean = Latents(*self.scaler.scale(latent, self.audio_ae.encode(audio)))
         grid, _ = timestep_grids("monl", video.shape[0], generator, self.T)
         grid = torch.where(grid > 0, (grid * self.args.guess_max_step + self.T - 1) // self.T, grid).to(self.device)
         noise = Latents(*(torch.randn(x.shape, generator=generator).to(self.device) for x in (clean.video, clean.audio)))
-        guess = _clamped(self.diffusion.predict(self.avdit, self.diffusion.q_sample(clean, grid, noise), grid)[1])
-        t_video, _ = self.diffusion.frame_steps(grid)  # a condition cell (t = 0) keeps its true latent
-        guess_video = torch.where((t_video > 0).reshape(*t_video.shape[:1], 1, t_video.shape[1], 1, 1), guess.video, clean.video)
+        guess_video = _clamped(self.diffusion.predict(self.avdit, self.diffusion.q_sample(clean, grid, noise), grid)[1]).video
         self.stats.append(float((guess_video - clean.video).square().mean()))
         guessed = self.scaler.unscale(guess_video, clean.audio)[0]
         chosen = (torch.rand(video.shape[0], generator=generator) < self.args.guess_share).to(self.device)
@@ -530,7 +529,8 @@ class GuessLoss:
                                    halo=self.args.halo_weight)
 
     def report(self) -> str:
-        return f"guesses: {np.mean(self.stats[-50:]) if self.stats else float('nan'):.3f} mean squared distance from the latent"
+        return (f"guesses: {np.mean(self.stats[-50:]) if self.stats else float('nan'):.3f} mean squared distance from the "
+                "unit-variance latent")
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -925,7 +925,7 @@ def avdit_step_batch(latents: dict[str, torch.Tensor], args, step: int, rank: in
     index = torch.randint(0, latents["video"].shape[0], (per_rank,), generator=generator)
     grid, strategy = timestep_grids(args.strategy, per_rank, generator, args.T, args.weights, args.clean_probability)
     if getattr(args, "max_step", 0):  # a low-noise expert: the same grids, their steps squeezed into 1..max_step
-        grid = torch.where(grid > 0, (grid * args.max_step + args.T - 1) // args.T, grid)  # ceil(t S / T): as many t per step
+        grid = torch.where(grid > 0, (grid * args.max_step + args.T - 1) // args.T, grid)  # ceil(t S / T): T/S steps of t to each (2 or 3 at S = 400)
     return index, grid, strategy, generator
 
 
@@ -1329,12 +1329,12 @@ def build_parser() -> argparse.ArgumentParser:
                                   "slightly-off latents)")
     autoencoder.add_argument("--decode-guesses", default=None, metavar="NAME",
                              help="video, with --finetune-decoder: decode a share of the clips from diffusion model "
-                                  "avdit_NAME's one-step guess of their latent (chapter 3: a decoder for the model's guesses)")
+                                  "avdit_NAME's one-step guess of their latent (chapter 8: a decoder for the model's guesses)")
     autoencoder.add_argument("--guess-folder", default=str(CHECKPOINTS), help="where avdit_NAME of --decode-guesses is")
     autoencoder.add_argument("--guess-max-step", type=int, default=300,
                              help="--decode-guesses: MoNL's grids squeezed into steps 1..this (how noisy the guesses are)")
     autoencoder.add_argument("--guess-share", type=float, default=0.5,
-                             help="--decode-guesses: the share of each batch decoded from a guess (the rest: true latents)")
+                             help="--decode-guesses: each clip's chance of being decoded from a guess (else: its true latent)")
     autoencoder.add_argument("--shape-alignment", type=float, default=0.0, metavar="W",
                              help="video: + W x the cross-entropy of a linear read-out of the shape from each latent "
                                   "cell the object covers (ShapeAligner; chapter 3)")

@@ -24,7 +24,7 @@ import torch
 from avdit_mini import checkpoints
 from avdit_mini.data import WorldDataset, collate
 from avdit_mini.metrics import evaluate_task, score_clip, summarise
-from avdit_mini.pipeline import CHECKPOINTS, load_pipeline
+from avdit_mini.pipeline import CHECKPOINTS, load_pipeline, provenance
 from avdit_mini.tasks import resolve_task
 
 KEYS = ("video_shape", "video_colour", "video_size", "audio_shape", "audio_size", "shape_counts", "timbre_counts")
@@ -57,7 +57,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     began = time.time()
     pipeline = load_pipeline(args.name, Path(args.folder))
-    result = {"pipeline": args.name, "clips": args.clips, "steps": args.steps, "sampler": "ddim", "guidance": 1.0,
+    result = {"pipeline": args.name, "made_by": provenance(pipeline), "clips": args.clips, "steps": args.steps, "sampler": "ddim", "guidance": 1.0,
               "autoencoders": {name: checkpoints.sha256(Path(args.folder) / f"{name}.safetensors")[:12]
                                for name in ("video_ae", "audio_ae")},
               "command": "python benchmarks/bench_sdedit.py " + " ".join(sys.argv[1:]), "tasks": {}}

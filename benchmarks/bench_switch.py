@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from avdit_mini import checkpoints
 from avdit_mini.metrics import evaluate_task
-from avdit_mini.pipeline import CHECKPOINTS, load_pipeline, vocoder_name
+from avdit_mini.pipeline import CHECKPOINTS, load_pipeline, provenance, vocoder_name
 
 
 class Switch(nn.Module):
@@ -57,7 +58,10 @@ def main() -> None:
     networks = {args.high: a.avdit, args.low: b.avdit}
     keys = ("video_shape", "video_size", "video_colour", "boundary_jump_error_px", "bounces_matched", "audio_shape")
     results = {"task": args.task, "clips": args.clips, "steps": args.steps, "vocoder": vocoder_name(a.audio_ae),
-               "command": "python benchmarks/bench_switch.py " + " ".join(sys.argv[1:]), "runs": []}
+               "command": "python benchmarks/bench_switch.py " + " ".join(sys.argv[1:]),
+               "made_by": {args.high: provenance(a), args.low: provenance(b)},
+               "autoencoders": {name: checkpoints.sha256(Path(args.folder) / f"{name}.safetensors")[:12]
+                                for name in ("video_ae", "audio_ae")}, "runs": []}
     pairs = [(args.high, args.high, 0)] + ([] if args.one_way else [(args.low, args.low, 0)])  # alone, same clips and noise
     directions = ((args.high, args.low),) if args.one_way else ((args.high, args.low), (args.low, args.high))
     pairs += [pair + (threshold,) for threshold in args.thresholds for pair in directions]

@@ -466,7 +466,7 @@ def test_decode_guesses_teaches_the_decoder_a_diffusion_models_guesses(tmp_path)
     assert all(torch.equal(base[k], tuned[k]) for k in base if k.startswith("encoder."))      # the latents stay
     assert any(not torch.equal(base[k], tuned[k]) for k in base if k.startswith("decoder."))
 
-    # what the decoder is shown: the true latent, or the model's guess of it where the step is > 0
+    # what the decoder is shown: the true latent, or (with probability --guess-share) the model's guess of it
     model = load_autoencoder("video", tmp_path)
     model.encoder.requires_grad_(False), model.encoder_trunk.requires_grad_(False)
     batch = collate([WorldDataset(4, "val")[i] for i in range(4)])

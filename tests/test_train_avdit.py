@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from avdit_mini.audio_ae import AudioAutoencoder
 from avdit_mini.checkpoints import save_checkpoint
 from avdit_mini.config import Geometry
-from avdit_mini.pipeline import load_pipeline
+from avdit_mini.pipeline import load_pipeline, provenance
 from avdit_mini.train import TINY_AUDIO_CONFIG, main
 from avdit_mini.video_ae import TINY_VIDEO_CONFIG, VideoAutoencoder
 
@@ -49,6 +49,11 @@ def test_resume_gives_the_same_loss_curve(workspace):
     assert [r["loss"] for r in straight] == [r["loss"] for r in resumed]
     pipeline = load_pipeline("resumed", folder)  # the saved checkpoint is a working pipeline
     assert pipeline.avdit.config.dim == 64
+    made = provenance(pipeline)                   # what a result file records of the pipeline it measured
+    assert made["trained_steps"] == 6 and made["run"]["steps"] == 6 and made["run"]["kind"] == "avdit"
+    assert made["training_loss"] is None          # too short a run to average 100 and 200 steps
+    pipeline.meta["loss_log"] = [{"loss": 1.0}] * 100 + [{"loss": 0.5}] * 200
+    assert provenance(pipeline)["training_loss"] == {"first_100": 1.0, "last_200": 0.5}
 
 
 def test_reading_the_log_every_few_steps_changes_nothing(workspace):
