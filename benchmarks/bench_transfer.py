@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from avdit_mini import checkpoints
-from avdit_mini.data import COLOURS, SHAPES, WorldDataset, collate
+from avdit_mini.data import COLOURS, SHAPES, TIMBRES, WorldDataset, collate
 from avdit_mini.diffusion import Latents
 from avdit_mini.latents import video_segment_of_latent_frame
 from avdit_mini.pipeline import CHECKPOINTS, load_pipeline, provenance
@@ -55,6 +55,15 @@ def changed_clip(world, factors: dict, factor: str) -> torch.Tensor:
     return torch.from_numpy(frames).permute(3, 0, 1, 2).contiguous()
 
 
+def changed_sound(world, factors: dict) -> torch.Tensor:
+    """The clip's soundtrack with the next shape's impact timbre (the same impacts, drone and phases): audio [S]."""
+    impacts = [{"time": t, "speed": v, "surface": u} for t, v, u in
+               zip(factors["impact_times"], factors["impact_speeds"], factors["impact_surfaces"])]
+    other = SHAPES[(SHAPES.index(factors["shape"]) + 1) % len(SHAPES)]
+    timbre = TIMBRES[SHAPES.index(other)]  # the shape's sound (chapter 1)
+    return torch.from_numpy(world.synthesize({**factors, "shape": other, "timbre": timbre}, impacts)).float()
+
+
 def transfer(d: torch.Tensor, D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per clip: the share of D that d carries, <d, D> / <D, D>, and the cosine of d and D ([B, ...] -> [B], [B])."""
     d, D = d.flatten(1), D.flatten(1)
@@ -69,6 +78,8 @@ def main() -> None:
     parser.add_argument("--folder", default=str(CHECKPOINTS))
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--cross-modal", action="store_true",
+                        help="also a2v and v2a: the shape changed in the sound (its timbre) and in the picture")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "transfer.json"))
     args = parser.parse_args()
     if args.threads:
@@ -82,6 +93,7 @@ def main() -> None:
     sums = {task: {f: {t: {"transfer": [], "cosine": []} for t in STEPS_T} for f in factors_} for task in PATTERNS}
     originals: list[str] = []  # each clip's own shape (the shape change is to the next one: circle -> square -> triangle)
     loudness = {f: [] for f in factors_}  # |D|^2 per clip: how much the factor changes the generated cells
+    cross = {task: {t: {"transfer": [], "cosine": []} for t in STEPS_T} for task in ("a2v", "v2a")}
     generator = torch.Generator().manual_seed(0)
     for start in range(0, args.clips, args.batch_size):
         items = [dataset[i] for i in range(start, min(start + args.batch_size, args.clips))]
@@ -108,6 +120,21 @@ def main() -> None:
                         sums[task][f][t]["cosine"] += cosine.tolist()
                         if task == "continue_2" and t == STEPS_T[0]:
                             loudness[f] += D.flatten(1).square().sum(1).tolist()
+            if args.cross_modal:  # the shape changed in both: a2v is given the changed sound, v2a the changed picture
+                heard = pipeline.encode(batch["video"], torch.stack([changed_sound(dataset.world, it["factors"])
+                                                                     for it in items])).audio
+                for task in cross:
+                    grid = lambda t: torch.where(resolve_task(task, geometry.segments), 0, t).long().expand(len(items), -1, -1)  # noqa: E731
+                    for t in STEPS_T:
+                        noisy = diffusion.q_sample(clean, grid(t), noise)
+                        swapped = Latents(noisy.video, heard) if task == "a2v" else Latents(changed["shape"], noisy.audio)
+                        guess, other = (diffusion.predict(pipeline.avdit, x, grid(t))[1] for x in (noisy, swapped))
+                        if task == "a2v":
+                            share, cosine = transfer(other.video - guess.video, changed["shape"] - clean.video)
+                        else:
+                            share, cosine = transfer(other.audio - guess.audio, heard - clean.audio)
+                        cross[task][t]["transfer"] += share.tolist()
+                        cross[task][t]["cosine"] += cosine.tolist()
         print(f"{start + len(items)} clips", flush=True)
 
     def summary(values: list[float]) -> dict:
@@ -127,10 +154,18 @@ def main() -> None:
         f"{s} -> {nxt[s]}": {"clips": originals.count(s), **{str(t): summary(
             [v for v, o in zip(sums["continue_2_video"]["shape"][t]["transfer"], originals) if o == s]) for t in STEPS_T}}
         for s in SHAPES}
+    if args.cross_modal:
+        result["cross_modal_shape"] = {task: {str(t): {k: summary(v) for k, v in rows.items()} for t, rows in by_t.items()}
+                                       for task, by_t in cross.items()}
+        result["cross_modal_shape_by_pair"] = {task: {f"{s} -> {nxt[s]}": {str(t): summary(
+            [v for v, o in zip(cross[task][t]["transfer"], originals) if o == s]) for t in STEPS_T} for s in SHAPES}
+            for task in cross}
     result["seconds"] = round(time.time() - began, 1)
     for task, by_factor in result["tasks"].items():
         for f, by_t in by_factor.items():
             print(task, f, " | ".join(f"t={t}: {r['transfer']['mean']:.2f} (cos {r['cosine']['mean']:.2f})" for t, r in by_t.items()))
+    for task, by_t in result.get("cross_modal_shape", {}).items():
+        print(task, "shape", " | ".join(f"t={t}: {r['transfer']['mean']:.2f} (cos {r['cosine']['mean']:.2f})" for t, r in by_t.items()))
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"-> {args.out} ({result['seconds']} s)")
 
