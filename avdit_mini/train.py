@@ -38,7 +38,7 @@ from .data import SHAPES, SIZES, SPLIT_OFFSETS, World, WorldDataset, collate
 from .diffusion import GridDiffusion, Latents, _clamped
 from .latents import LatentScaler, encode_dataset
 from .monl import STRATEGIES, conditional_grid, sample_timestep_grid
-from .pipeline import CHECKPOINTS, AVPipeline, load_autoencoder, load_pipeline_state, save_pipeline
+from .pipeline import CHECKPOINTS, AVPipeline, load_autoencoder, load_pipeline, load_pipeline_state, save_pipeline
 from .schedules import NoiseSchedule
 from .tasks import resolve_task
 from .video_ae import (TINY_VIDEO_CONFIG, FrameCritic, ShapeReadout, VideoAEConfig, VideoAutoencoder, hinge_critic_loss,
@@ -486,8 +486,6 @@ class GuessLoss:
     """
 
     def __init__(self, model: nn.Module, args: argparse.Namespace, device: torch.device):
-        from .pipeline import load_pipeline
-
         pipeline = load_pipeline(args.decode_guesses, args.guess_folder, device)
         mine, theirs = model.state_dict(), pipeline.video_ae.state_dict()
         frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
@@ -512,7 +510,7 @@ class GuessLoss:
         latent = self.model.encode(video)
         clean = Latents(*self.scaler.scale(latent, self.audio_ae.encode(audio)))
         grid, _ = timestep_grids("monl", video.shape[0], generator, self.T)
-        grid = torch.where(grid > 0, (grid * self.args.guess_max_step + self.T - 1) // self.T, grid).to(self.device)
+        grid = squeeze_steps(grid, self.args.guess_max_step, self.T).to(self.device)
         noise = Latents(*(torch.randn(x.shape, generator=generator).to(self.device) for x in (clean.video, clean.audio)))
         guess_video = _clamped(self.diffusion.predict(self.avdit, self.diffusion.q_sample(clean, grid, noise), grid)[1]).video
         self.stats.append(float((guess_video - clean.video).square().mean()))
@@ -914,6 +912,12 @@ class EMA:
         torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
 
 
+def squeeze_steps(grid: torch.Tensor, max_step: int, T: int) -> torch.Tensor:
+    """A grid's steps t > 0 squeezed into 1..``max_step`` as ceil(t max_step / T): T / max_step steps of t to each
+    (2 or 3 at 400); t = 0 stays. A low-noise expert's grids (``train avdit --max-step``) and ``--decode-guesses``'."""
+    return torch.where(grid > 0, (grid * max_step + T - 1) // T, grid)
+
+
 def avdit_step_batch(latents: dict[str, torch.Tensor], args, step: int, rank: int, world: int):
     """The batch of ``step`` on ``rank``: indices, grids and a noise generator, all from the step.
 
@@ -925,7 +929,7 @@ def avdit_step_batch(latents: dict[str, torch.Tensor], args, step: int, rank: in
     index = torch.randint(0, latents["video"].shape[0], (per_rank,), generator=generator)
     grid, strategy = timestep_grids(args.strategy, per_rank, generator, args.T, args.weights, args.clean_probability)
     if getattr(args, "max_step", 0):  # a low-noise expert: the same grids, their steps squeezed into 1..max_step
-        grid = torch.where(grid > 0, (grid * args.max_step + args.T - 1) // args.T, grid)  # ceil(t S / T): T/S steps of t to each (2 or 3 at S = 400)
+        grid = squeeze_steps(grid, args.max_step, args.T)
     return index, grid, strategy, generator
 
 

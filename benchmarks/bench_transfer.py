@@ -124,11 +124,12 @@ def main() -> None:
                 heard = pipeline.encode(batch["video"], torch.stack([changed_sound(dataset.world, it["factors"])
                                                                      for it in items])).audio
                 for task in cross:
-                    grid = lambda t: torch.where(resolve_task(task, geometry.segments), 0, t).long().expand(len(items), -1, -1)  # noqa: E731
+                    pattern = resolve_task(task, geometry.segments)
                     for t in STEPS_T:
-                        noisy = diffusion.q_sample(clean, grid(t), noise)
+                        grid = torch.where(pattern, 0, t).long().expand(len(items), -1, -1)
+                        noisy = diffusion.q_sample(clean, grid, noise)
                         swapped = Latents(noisy.video, heard) if task == "a2v" else Latents(changed["shape"], noisy.audio)
-                        guess, other = (diffusion.predict(pipeline.avdit, x, grid(t))[1] for x in (noisy, swapped))
+                        guess, other = (diffusion.predict(pipeline.avdit, x, grid)[1] for x in (noisy, swapped))
                         if task == "a2v":
                             share, cosine = transfer(other.video - guess.video, changed["shape"] - clean.video)
                         else:
