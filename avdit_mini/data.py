@@ -225,6 +225,21 @@ class World:
         frames = self.render({**factors, "shape": shape}, factors["trajectory"].numpy())
         return torch.from_numpy(frames).permute(3, 0, 1, 2).contiguous()
 
+    def resound(self, factors: dict, shape: str) -> torch.Tensor:
+        """The clip's soundtrack with another ``shape``'s impact timbre: audio [S] (chapter 8).
+
+        The same impacts (times, speeds), drone and phases; only the sound of each impact changes,
+        to the timbre the world gives ``shape`` (a square clacks, a triangle ticks).
+        """
+        if shape not in SHAPES:
+            raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+        if "impact_times" not in factors:
+            raise ValueError("factors need the clip's impacts: pass World().clip(seed).factors")
+        impacts = [{"time": t, "speed": v, "surface": u} for t, v, u in
+                   zip(factors["impact_times"], factors["impact_speeds"], factors["impact_surfaces"])]
+        return torch.from_numpy(self.synthesize({**factors, "shape": shape, "timbre": TIMBRES[SHAPES.index(shape)]},
+                                                impacts)).float()
+
     # -- the public entry point ----------------------------------------------------------------
     def clip(self, seed: int) -> Clip:
         """The clip of ``seed``: video [3, 17, 64, 64] in [0, 1], audio [34000] in [-1, 1], factors."""
@@ -316,6 +331,29 @@ class WorldDataset(Dataset):
         if self.cache is not None:
             self.cache[index] = item
         return item
+
+
+def next_shape(shape: str) -> str:
+    """The shape after ``shape`` in data.SHAPES, round the circle: circle -> square -> triangle -> circle."""
+    return SHAPES[(SHAPES.index(shape) + 1) % len(SHAPES)]
+
+
+class CounterfactualDataset(WorldDataset):
+    """Each clip of a split drawn again with the next shape (chapter 8): a *counterfactual* twin.
+
+    Item i is clip i of ``WorldDataset(n_clips, split)`` with its object redrawn as
+    ``next_shape(shape)`` on the same path (``World.redraw``) and every impact sounded with that
+    shape's timbre (``World.resound``); colour, size, background, drone and impact times stay.
+    The pair differs in the shape alone, in picture and in sound: what ``train avdit
+    --counterfactual`` holds the network's guesses to.
+    """
+
+    def __getitem__(self, index: int) -> dict:
+        item = super().__getitem__(index)
+        factors = item["factors"]
+        shape = next_shape(factors["shape"])
+        twin = {**factors, "shape": shape, "timbre": TIMBRES[SHAPES.index(shape)], "twin_of": factors["shape"]}
+        return {"video": self.world.redraw(factors, shape), "audio": self.world.resound(factors, shape), "factors": twin}
 
 
 def collate(items: list[dict]) -> dict:

@@ -134,7 +134,8 @@ class GridDiffusion:
     # -- the loss ------------------------------------------------------------------------------
     def loss(self, model, clean: Latents, timestep_grid: Tensor, generator: torch.Generator | None = None,
              object_boost: float = 0.0, impact_boost: float = 0.0, reader=None,
-             perceptual_weight: float = 0.0, self_condition: bool | None = None) -> tuple[Tensor, Tensor]:
+             perceptual_weight: float = 0.0, self_condition: bool | None = None, twins: int = 0,
+             counterfactual: float = 0.0, extras: dict | None = None) -> tuple[Tensor, Tensor]:
         """The MoNL loss: MSE on epsilon (or v) over the latent frames whose cell has t > 0.
 
         Each modality's error is averaged over its own noised elements and the two are added,
@@ -152,9 +153,21 @@ class GridDiffusion:
         an estimate (no gradient); for a random half of the batch its answer, as an estimate of the clean
         latents, is given back as ``previous`` to the call that is trained -- so the model learns both to
         start from nothing and to improve on its own last guess, which is what the sampler gives it.
+
+        ``twins`` = K > 0 (chapter 8, "Holding the guesses to a counterfactual"): the batch's last K
+        examples are the first K's counterfactual twins (``data.CounterfactualDataset``: the same clip
+        with another shape), with the same grid; they get the same noise, and ``counterfactual`` > 0
+        adds that weight times :meth:`counterfactual_error` of each pair's guesses. ``extras``, a dict,
+        receives the unweighted term as ``"counterfactual"``.
         """
+        batch = clean.video.shape[0]
+        if twins and not (0 < 2 * twins <= batch and torch.equal(timestep_grid[:twins], timestep_grid[batch - twins:])):
+            raise ValueError(f"twins={twins}: the last {twins} of the batch's {batch} examples must be the first {twins}'s "
+                             "twins, with the same timestep grids")
         noise = Latents(torch.randn(clean.video.shape, generator=generator, device=clean.video.device),
                         torch.randn(clean.audio.shape, generator=generator, device=clean.audio.device))
+        if twins:  # a twin is noised exactly as its original: only the shape differs between their inputs
+            noise = Latents(*(torch.cat([n[:batch - twins], n[:twins]]) for n in (noise.video, noise.audio)))
         noisy = self.q_sample(clean, timestep_grid, noise)
         t_video, t_audio = self.frame_steps(timestep_grid)
         if self_condition is None:
@@ -181,12 +194,48 @@ class GridDiffusion:
                 seen = perceptual_error(reader, estimate, x0.float(), alpha_bar)  # [B, F]
                 total = total + perceptual_weight * (seen * noised).sum() / noised.sum().clamp_min(1.0)
             total = total + (frame_error * noised).sum() / noised.sum().clamp_min(1.0)
+            if twins:
+                _, estimate = self.to_eps_x0(out.float(), (noisy.video, noisy.audio)[row], t_frames)
+                term = self.counterfactual_error(estimate, x0.float(), t_frames, twins)
+                if extras is not None:
+                    extras["counterfactual"] = extras.get("counterfactual", 0.0) + term.detach()
+                total = total + counterfactual * term
             segment = (self.frame_segments(row)).to(frame_error.device)  # [F]
             for n in range(timestep_grid.shape[2]):
                 in_cell = segment == n
                 cell = frame_error[:, in_cell].mean(dim=1)  # [B]
                 per_cell[:, row, n] = torch.where(timestep_grid[:, row, n] > 0, cell.detach(), per_cell[:, row, n])
         return total, per_cell
+
+    def counterfactual_error(self, estimate: Tensor, clean: Tensor, t_frames: Tensor, twins: int,
+                             floor: float = 0.01) -> Tensor:
+        """How far a pair's guesses are from differing as the pair does, relative to how much it does.
+
+        With ``estimate`` the network's guesses of the clean latents of a batch whose last ``twins``
+        examples are the first ones' counterfactual twins (same grid, same noise), per pair:
+
+            sum w (d - D)^2 / sum D^2,    d = guess - twin's guess,  D = clean - twin's clean,
+
+        over the noised latent frames, with w = min(1, SNR(t)): the clean-latent error where the
+        signal is at least as loud as the noise, less where it is not (at t = T both inputs are the
+        same noise and nothing can be asked). Squared-error training alone lets a quiet difference
+        (a circle turned square) go: its share of the plain loss is tiny. Here every pair counts the
+        same, however quiet its difference; D^2 is floored at ``floor`` per element, so a change
+        the noised frames do not hold (an impact-free stretch of sound) is not blown up. Mean over pairs.
+        """
+        batch = estimate.shape[0]
+        first, second = slice(0, twins), slice(batch - twins, batch)
+        d = estimate[first] - estimate[second]
+        D = clean[first] - clean[second]
+        alpha_bar = self.schedule.alpha_bar.to(clean.device)[t_frames[first]]  # [K, F]
+        weight = (alpha_bar / (1 - alpha_bar).clamp_min(1e-8)).clamp(max=1.0)
+        weight = weight * (t_frames[first] > 0)  # only noised frames count
+        shape = [twins, 1, weight.shape[1]] + [1] * (clean.dim() - 3)
+        noised = (t_frames[first] > 0).float().reshape(shape)
+        per_element = noised.expand_as(D).flatten(1).sum(1)  # [K]
+        error = (weight.reshape(shape) * (d - D) ** 2).flatten(1).sum(1)
+        energy = (noised * D ** 2).flatten(1).sum(1)
+        return (error / torch.maximum(energy, floor * per_element).clamp_min(1e-8)).mean()
 
     @torch.no_grad()
     def own_estimate(self, model, noisy: Latents, timestep_grid: Tensor,

@@ -34,7 +34,7 @@ from . import checkpoints, probes
 from .audio_ae import AudioAEConfig, AudioAutoencoder, PostNetConfig, SpectrogramPostNet, postnet_loss
 from .avdit import AVDiT, AVDiTConfig, num_parameters
 from .config import Geometry, get_profile
-from .data import SHAPES, SIZES, SPLIT_OFFSETS, World, WorldDataset, collate
+from .data import SHAPES, SIZES, SPLIT_OFFSETS, CounterfactualDataset, World, WorldDataset, collate
 from .diffusion import GridDiffusion, Latents, _clamped
 from .latents import LatentScaler, encode_dataset
 from .monl import STRATEGIES, conditional_grid, sample_timestep_grid
@@ -841,11 +841,11 @@ def run_vocoder(args: argparse.Namespace) -> dict:
 DECODING_SIDE = ("decoder.", "refine.", "inverter.")  # weights that do not change the latents
 
 
-def latent_cache_name(n_clips: int, folder: Path) -> Path:
+def latent_cache_name(n_clips: int, folder: Path, kind: str = "train") -> Path:
     """Where the encoded training latents live: named by the autoencoders' *encoders* and the size.
 
     Only the encoding side (front end and encoder) makes latents, so a decoder fine-tune
-    (``--finetune-decoder``) keeps the cache.
+    (``--finetune-decoder``) keeps the cache. ``kind`` "counterfactual": the train clips' twins.
     """
     digest = hashlib.sha256()
     for name in ("video_ae", "audio_ae"):
@@ -853,7 +853,7 @@ def latent_cache_name(n_clips: int, folder: Path) -> Path:
         for key in sorted(k for k in weights if not k.startswith(DECODING_SIDE)):
             digest.update(key.encode())
             digest.update(weights[key].float().numpy().tobytes())
-    return folder.resolve().parent / "latents" / f"train_{n_clips}_{digest.hexdigest()[:12]}.safetensors"
+    return folder.resolve().parent / "latents" / f"{kind}_{n_clips}_{digest.hexdigest()[:12]}.safetensors"
 
 
 def training_latents(n_clips: int, folder: Path, batch_size: int = 32, workers: int = 0,
@@ -865,6 +865,16 @@ def training_latents(n_clips: int, folder: Path, batch_size: int = 32, workers: 
     video_ae, audio_ae = (load_autoencoder(m, folder).to(device) for m in ("video", "audio"))
     return encode_dataset(video_ae, audio_ae, WorldDataset(n_clips, "train"), batch_size,
                           cache=str(latent_cache_name(n_clips, folder)), workers=workers)
+
+
+def counterfactual_latents(n_clips: int, folder: Path, batch_size: int = 32, workers: int = 0,
+                           device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The latents of the first ``n_clips`` train clips' counterfactual twins (``data.CounterfactualDataset``:
+    each clip with the next shape, in picture and sound), encoded once and cached beside the training latents.
+    Twin i is the twin of training latent i."""
+    video_ae, audio_ae = (load_autoencoder(m, folder).to(device) for m in ("video", "audio"))
+    return encode_dataset(video_ae, audio_ae, CounterfactualDataset(n_clips, "train"), batch_size,
+                          cache=str(latent_cache_name(n_clips, folder, "counterfactual")), workers=workers)
 
 
 def train_shape_labels(n_clips: int) -> torch.Tensor:
@@ -930,6 +940,9 @@ def avdit_step_batch(latents: dict[str, torch.Tensor], args, step: int, rank: in
     grid, strategy = timestep_grids(args.strategy, per_rank, generator, args.T, args.weights, args.clean_probability)
     if getattr(args, "max_step", 0):  # a low-noise expert: the same grids, their steps squeezed into 1..max_step
         grid = squeeze_steps(grid, args.max_step, args.T)
+    if getattr(args, "counterfactual", 0.0):  # the first --twins clips come from those with a twin (drawn last:
+        twins = args.twins // world           # a run without twins draws exactly what it drew before)
+        index[:twins] = torch.randint(0, args.counterfactual_clips, (twins,), generator=generator)
     return index, grid, strategy, generator
 
 
@@ -1008,8 +1021,21 @@ def run_avdit(args: argparse.Namespace) -> dict:
         scaler.emphasise(args.high_frequency_gain)
         log(f"video latent's finest spatial frequencies x {args.high_frequency_gain:g} (LatentScaler.emphasise)")
     latents = dict(zip(("video", "audio"), scaler.scale(raw["video"], raw["audio"])))
+    twin_latents = None
+    if args.counterfactual:  # each pair: a training clip and its twin with the next shape (chapter 8)
+        if args.latents:
+            raise ValueError("--counterfactual pairs the train split's first clips with their twins; a --latents file's "
+                             "clips need not be those: let the run encode and cache the train split (--clips N)")
+        if not 0 < args.twins <= args.batch_size // 2 or args.twins % world:
+            raise ValueError(f"--twins must be in 1..{args.batch_size // 2} (half of --batch-size) and divisible by "
+                             f"the {world} processes, got {args.twins}")
+        args.counterfactual_clips = min(args.counterfactual_clips, latents["video"].shape[0])
+        twin_raw = counterfactual_latents(args.counterfactual_clips, folder, batch_size=64 if device.type == "cuda" else 32,
+                                          workers=args.workers, device=device)
+        twin_latents = dict(zip(("video", "audio"), scaler.scale(twin_raw["video"], twin_raw["audio"])))
     if device.type == "cuda":  # a few hundred MB at most: keep the training set on the GPU
         latents = {k: v.to(device) for k, v in latents.items()}
+        twin_latents = {k: v.to(device) for k, v in twin_latents.items()} if twin_latents else None
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     diffusion = GridDiffusion(NoiseSchedule(args.schedule, config.T), config.geometry, config.prediction)
@@ -1027,6 +1053,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
                                          ("perceptual_weight", args.perceptual_weight),
                                          ("high_frequency_gain", args.high_frequency_gain),
                                          ("self_condition", args.self_condition), ("max_step", args.max_step)) if v})
+    if args.counterfactual:
+        run_config.update(counterfactual=args.counterfactual, twins=args.twins, counterfactual_clips=args.counterfactual_clips)
     reader = alignment = None
     if args.perceptual_weight or args.repa:
         from .perceptual import load_reader
@@ -1067,7 +1095,7 @@ def run_avdit(args: argparse.Namespace) -> dict:
     if supervision is not None:
         companions["shape_head"] = supervision.head
     trained_parameters = list(model.parameters()) + [p for module in companions.values() for p in module.parameters()]
-    resume_settings = {"max_step": args.max_step, "repa_block": args.repa_block if alignment is not None else None,
+    resume_settings = {"max_step": args.max_step, "counterfactual": args.counterfactual, "repa_block": args.repa_block if alignment is not None else None,
                        "shape_block": args.shape_block if supervision is not None else None}
     optimizer = torch.optim.AdamW(trained_parameters, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     scheduler = warmup_cosine(optimizer, args.steps, args.warmup)
@@ -1080,8 +1108,9 @@ def run_avdit(args: argparse.Namespace) -> dict:
                 raise ValueError(f"{state_path} was trained {'with' if name in state else 'without'} {flag}; "
                                  "resume it with the same flags (or start a new run with another --out)")
         for key, value in resume_settings.items():  # saved since these flags exist: older states have none
-            if key in state.get("settings", {}) and state["settings"][key] != value:
-                raise ValueError(f"{state_path} was trained with --{key.replace('_', '-')} {state['settings'][key]}, "
+            stored = state.get("settings", {}).get(key, 0.0 if key == "counterfactual" else value)
+            if stored != value:
+                raise ValueError(f"{state_path} was trained with --{key.replace('_', '-')} {stored}, "
                                  f"not {value}; resume it with the same flags (or start a new run with another --out)")
         model.load_state_dict(state["model"])
         ema.model.load_state_dict(state["ema"])
@@ -1134,8 +1163,11 @@ def run_avdit(args: argparse.Namespace) -> dict:
         for (record_step, strategies, _), row in zip(pending, (v.tolist() for v in values)):
             loss_log.append({"step": record_step, "loss": round(row[0], 5), "grad_norm": round(row[1], 4),
                              "per_strategy": {k: round(v, 5) for k, v in zip(strategies, row[2:])}})
-            if supervision is not None:  # its term, logged on its own (the loss above includes it, weighed)
-                loss_log[-1]["shape_cross_entropy"] = round(row[2 + len(strategies)], 5)
+            extra = iter(row[2 + len(strategies):])  # the added terms, logged on their own (the loss includes them, weighed)
+            if supervision is not None:
+                loss_log[-1]["shape_cross_entropy"] = round(next(extra), 5)
+            if twin_latents is not None:
+                loss_log[-1]["counterfactual"] = round(next(extra), 5)
         pending.clear()
         bar.set_postfix(loss=f"{loss_log[-1]['loss']:.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
 
@@ -1144,10 +1176,16 @@ def run_avdit(args: argparse.Namespace) -> dict:
         index, grid, strategy, generator = avdit_step_batch(latents, args, step, rank, world)
         index = index.to(device)
         clean = Latents(latents["video"][index].to(device), latents["audio"][index].to(device))
+        twins, extras = 0, {}
+        if twin_latents is not None:  # the twins of the first --twins clips, appended with the same grids
+            twins = args.twins // world
+            clean = Latents(*(torch.cat([x, twin_latents[k][index[:twins]]]) for k, x in (("video", clean.video), ("audio", clean.audio))))
+            grid, strategy = torch.cat([grid, grid[:twins]]), torch.cat([strategy, strategy[:twins]])
         with autocast:
             loss, per_cell = diffusion.loss(trained, clean, grid.to(device), generator=None if device.type == "cuda" else generator,
                                             object_boost=args.object_boost, impact_boost=args.impact_boost,
-                                            reader=reader, perceptual_weight=args.perceptual_weight)
+                                            reader=reader, perceptual_weight=args.perceptual_weight,
+                                            twins=twins, counterfactual=args.counterfactual, extras=extras)
             if alignment is not None:
                 loss = loss + args.repa * alignment(clean.video)
             if supervision is not None:
@@ -1165,6 +1203,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
         logged = [loss.detach().float(), grad_norm.float(), *per_strategy]
         if supervision is not None:
             logged.append(shape_cross_entropy.detach().float())
+        if twins:
+            logged.append(extras["counterfactual"].float())
         pending.append((step, strategies, torch.stack(logged)))
         if len(pending) >= sync_every:
             flush()
@@ -1225,6 +1265,14 @@ def add_avdit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-step", type=int, default=0,
                         help="train a low-noise expert (eDiff-I): every grid's step t > 0 squeezed to ceil(t MAX_STEP / T) "
                              "(0: the full range); sample with it below a threshold (benchmarks/bench_switch.py --one-way)")
+    parser.add_argument("--counterfactual", type=float, default=0.0,
+                        help="weight of a term that holds the network's guesses of a clip and of its counterfactual twin "
+                             "(the same clip with the next shape, picture and sound; same grid, same noise) to differ as "
+                             "the two clips do, relative to how much they do (GridDiffusion.counterfactual_error; 0: off)")
+    parser.add_argument("--twins", type=int, default=16,
+                        help="--counterfactual: twins appended to each batch, paired with its first TWINS clips")
+    parser.add_argument("--counterfactual-clips", type=int, default=2048,
+                        help="--counterfactual: the first N train clips get a twin (encoded once, cached in data/latents)")
     parser.add_argument("--shape-supervision", type=float, default=0.0,
                         help="weight of a cross-entropy that asks one block's tokens, cell by cell of the grid, for the "
                              "clip's shape (the world's label; a linear head trained with the model and thrown away)")

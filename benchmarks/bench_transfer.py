@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from avdit_mini import checkpoints
-from avdit_mini.data import COLOURS, SHAPES, TIMBRES, WorldDataset, collate
+from avdit_mini.data import COLOURS, SHAPES, WorldDataset, collate, next_shape
 from avdit_mini.diffusion import Latents
 from avdit_mini.latents import video_segment_of_latent_frame
 from avdit_mini.pipeline import CHECKPOINTS, load_pipeline, provenance
@@ -46,22 +46,13 @@ PATTERNS = {"continue_2": "continue_2", "continue_2_video": [[True, True, False,
 def changed_clip(world, factors: dict, factor: str) -> torch.Tensor:
     """The clip of ``factors`` drawn with the next shape or the next colour, on its own path: video [3, T, H, W]."""
     if factor == "shape":
-        return world.redraw(factors, SHAPES[(SHAPES.index(factors["shape"]) + 1) % len(SHAPES)])
+        return world.redraw(factors, next_shape(factors["shape"]))
     if factor != "colour":
         raise ValueError(f"unknown factor {factor!r}: 'shape' or 'colour'")
     colours = list(COLOURS)
     other = colours[(colours.index(factors["colour"]) + 1) % len(colours)]
     frames = world.render({**factors, "colour": other}, factors["trajectory"].numpy())
     return torch.from_numpy(frames).permute(3, 0, 1, 2).contiguous()
-
-
-def changed_sound(world, factors: dict) -> torch.Tensor:
-    """The clip's soundtrack with the next shape's impact timbre (the same impacts, drone and phases): audio [S]."""
-    impacts = [{"time": t, "speed": v, "surface": u} for t, v, u in
-               zip(factors["impact_times"], factors["impact_speeds"], factors["impact_surfaces"])]
-    other = SHAPES[(SHAPES.index(factors["shape"]) + 1) % len(SHAPES)]
-    timbre = TIMBRES[SHAPES.index(other)]  # the shape's sound (chapter 1)
-    return torch.from_numpy(world.synthesize({**factors, "shape": other, "timbre": timbre}, impacts)).float()
 
 
 def transfer(d: torch.Tensor, D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,8 +112,8 @@ def main() -> None:
                         if task == "continue_2" and t == STEPS_T[0]:
                             loudness[f] += D.flatten(1).square().sum(1).tolist()
             if args.cross_modal:  # the shape changed in both: a2v is given the changed sound, v2a the changed picture
-                heard = pipeline.encode(batch["video"], torch.stack([changed_sound(dataset.world, it["factors"])
-                                                                     for it in items])).audio
+                resounded = [dataset.world.resound(it["factors"], next_shape(it["factors"]["shape"])) for it in items]
+                heard = pipeline.encode(batch["video"], torch.stack(resounded)).audio
                 for task in cross:
                     pattern = resolve_task(task, geometry.segments)
                     for t in STEPS_T:
@@ -150,7 +141,7 @@ def main() -> None:
               "command": "python benchmarks/bench_transfer.py " + " ".join(sys.argv[1:]),
               "tasks": {task: {f: {str(t): {k: summary(v) for k, v in rows.items()} for t, rows in by_t.items()}
                                for f, by_t in by_factor.items()} for task, by_factor in sums.items()}}
-    nxt = {s: SHAPES[(i + 1) % len(SHAPES)] for i, s in enumerate(SHAPES)}
+    nxt = {s: next_shape(s) for s in SHAPES}
     result["shape_change_by_pair"] = {   # continue_2_video: the transfer of each change of shape
         f"{s} -> {nxt[s]}": {"clips": originals.count(s), **{str(t): summary(
             [v for v, o in zip(sums["continue_2_video"]["shape"][t]["transfer"], originals) if o == s]) for t in STEPS_T}}

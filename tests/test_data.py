@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from avdit_mini.data import (BACKGROUNDS, COLOURS, SHAPES, World, WorldConfig, WorldDataset, collate)
+from avdit_mini.data import (BACKGROUNDS, COLOURS, SHAPES, TIMBRES, CounterfactualDataset, World, WorldConfig, WorldDataset,
+                             collate, next_shape)
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +122,26 @@ def test_redraw_changes_the_shape_and_nothing_else(world):
         world.redraw(clip.factors, "hexagon")
     with pytest.raises(ValueError, match="trajectory"):
         world.redraw(world.sample_factors(7), "circle")
+
+
+def test_a_counterfactual_twin_differs_in_the_shape_alone(world):
+    """CounterfactualDataset: clip i with the next shape, in picture (World.redraw) and in sound (World.resound):
+    the same colour, size, background, path and impact times; the drone, before the first impact, the same."""
+    assert [next_shape(s) for s in SHAPES] == ["square", "triangle", "circle"]
+    data, twins = WorldDataset(3, "train"), CounterfactualDataset(3, "train")
+    assert len(twins) == 3
+    for i in range(3):
+        clip, twin = data[i], twins[i]
+        f, g = clip["factors"], twin["factors"]
+        assert g["shape"] == next_shape(f["shape"]) and g["twin_of"] == f["shape"]
+        assert g["timbre"] == TIMBRES[SHAPES.index(g["shape"])] != f["timbre"]
+        assert all(f[k] == g[k] for k in ("colour", "size", "background", "drone", "impact_times", "seed"))
+        assert torch.equal(twin["video"], world.redraw(f, g["shape"])) and not torch.equal(twin["video"], clip["video"])
+        assert torch.equal(world.resound(f, f["shape"]), clip["audio"])   # its own shape: the clip's own sound
+        first = int(round(f["impact_times"][0] * world.geometry.sample_rate))
+        changed = (twin["audio"] - clip["audio"]).abs()
+        assert changed[:first].max() == 0 and changed[first:].max() > 0.05  # the impacts sound otherwise, nothing else
+    with pytest.raises(ValueError, match="unknown shape"):
+        world.resound(f, "hexagon")
+    with pytest.raises(ValueError, match="impacts"):
+        world.resound(world.sample_factors(7), "circle")

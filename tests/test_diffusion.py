@@ -340,3 +340,60 @@ def test_sdedit_starts_the_targets_from_their_own_noised_latents():
     with pytest.raises(ValueError, match="pass them as condition"):
         diffusion.sample(Silent(), TASKS["joint"], None, batch_size=2, steps=5, start_step=100,
                          latent_shapes=((8, 5, 8, 8), (8, 34)))
+
+
+def test_counterfactual_error_asks_a_pair_to_differ_as_the_clips_do():
+    """sum w (d - D)^2 / sum D^2 over noised frames, w = min(1, SNR): 0 when the guesses are the clips, 1 when a
+    pair's guesses are the same (the shape ignored) at SNR >= 1, the same for a quiet change as for a loud one."""
+    diffusion = GridDiffusion()
+    clean = clean_latents(4).video                            # two pairs: 0 <-> 2, 1 <-> 3
+    t = torch.full((4, 5), 100)                               # SNR > 1 everywhere
+    assert diffusion.counterfactual_error(clean, clean, t, 2).item() == pytest.approx(0.0, abs=1e-12)
+    same = torch.cat([clean[:2], clean[:2]])                  # each twin guessed as its original
+    assert diffusion.counterfactual_error(same, clean, t, 2).item() == pytest.approx(1.0, rel=1e-5)
+    quiet = torch.cat([clean[:2], clean[:2] + 0.2 * (clean[2:] - clean[:2])])   # a change 5x quieter, ignored alike
+    quiet_same = torch.cat([quiet[:2], quiet[:2]])
+    assert diffusion.counterfactual_error(quiet_same, quiet, t, 2).item() == pytest.approx(1.0, rel=1e-5)
+    t_low_snr = torch.full((4, 5), 800)                       # below SNR 1 the clean-latent error is weighed by the SNR
+    snr = (diffusion.schedule.alpha_bar[800] / (1 - diffusion.schedule.alpha_bar[800])).item()
+    assert diffusion.counterfactual_error(same, clean, t_low_snr, 2).item() == pytest.approx(snr, rel=1e-4)
+    clean_frames = t.clone()
+    clean_frames[:, 1:] = 0                                   # only frame 0 noised: only it counts
+    off = same.clone()
+    off[2:, :, 1:] += 5.0                                     # the twins' guesses off in clean frames: not counted
+    assert diffusion.counterfactual_error(off, clean, clean_frames, 2).item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_twins_are_noised_as_their_originals_and_the_term_is_added():
+    """loss(twins=K): the last K examples get the first K's noise, so the pair's inputs differ by sqrt(ab) D alone;
+    the term, weighed, is added (and reported in extras); grids that differ within a pair are refused."""
+    diffusion = GridDiffusion(prediction="v")
+    model = random_model(prediction="v")
+    recorder = Recorder(model)
+    clean = clean_latents(6)
+    grid = torch.randint(1, 1000, (4, 2, 5), generator=torch.Generator().manual_seed(3))
+    grid = torch.cat([grid, grid[:2]])                        # 4 clips, the first 2 with a twin appended
+    extras = {}
+    with_term, _ = diffusion.loss(recorder, clean, grid, generator=torch.Generator().manual_seed(4), twins=2,
+                                  counterfactual=0.5, extras=extras)
+    g = torch.Generator().manual_seed(4)
+    noise = Latents(torch.randn(clean.video.shape, generator=g), torch.randn(clean.audio.shape, generator=g))
+    noise = Latents(torch.cat([noise.video[:4], noise.video[:2]]), torch.cat([noise.audio[:4], noise.audio[:2]]))
+    noisy = diffusion.q_sample(clean, grid, noise)
+    assert torch.equal(recorder.inputs[-1][0], noisy.video) and torch.equal(recorder.inputs[-1][1], noisy.audio)
+    t_video, _ = diffusion.frame_steps(grid)
+    root = diffusion.schedule.alpha_bar[t_video[:2]].sqrt().reshape(2, 1, 5, 1, 1)
+    assert torch.allclose(noisy.video[4:] - noisy.video[:2], root * (clean.video[4:] - clean.video[:2]), atol=1e-5)
+    assert extras["counterfactual"] > 0
+    with torch.no_grad():
+        _, x0 = diffusion.predict(model, noisy, grid)
+    expected = sum(diffusion.counterfactual_error(e, c, t, 2) for e, c, t in
+                   ((x0.video, clean.video, t_video), (x0.audio, clean.audio, diffusion.frame_steps(grid)[1])))
+    assert extras["counterfactual"].item() == pytest.approx(expected.item(), rel=1e-4)
+    paired, _ = diffusion.loss(model, clean, grid, generator=torch.Generator().manual_seed(4), twins=2)  # weight 0
+    assert with_term.item() == pytest.approx(paired.item() + 0.5 * expected.item(), rel=1e-4)
+    grid[5, 0, 0] = (grid[5, 0, 0] % 999) + 1                  # a twin at another noise level
+    with pytest.raises(ValueError, match="same timestep grids"):
+        diffusion.loss(model, clean, grid, twins=2)
+    with pytest.raises(ValueError, match="twins=4"):
+        diffusion.loss(model, clean, grid, twins=4)

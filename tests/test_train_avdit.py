@@ -351,3 +351,46 @@ def test_a_low_noise_expert_squeezes_every_grid_into_its_range(workspace, monkey
         train(folder, latents_file, folder / "avdit_expert", "--steps", "3", "--max-step", "200", "--resume")
     with pytest.raises(ValueError, match="max-step"):
         train(folder, latents_file, folder / "avdit_expert2", "--steps", "1", "--max-step", "1")
+
+
+def test_counterfactual_twins_train_log_their_term_and_resume_exactly(workspace):
+    """--counterfactual: the first --twins clips of each batch come from those with a twin (the rest, the grids and
+    the noise are a plain run's), the twins are encoded once and cached, the term is logged at every step, recorded
+    in the run's config, and a run resumes exactly (and only with the same weight)."""
+    from types import SimpleNamespace
+
+    from avdit_mini.train import avdit_step_batch, latent_cache_name
+
+    plain_args = SimpleNamespace(seed=0, batch_size=32, strategy="monl", T=1000, weights=None, clean_probability=0.0,
+                                 max_step=0, counterfactual=0.0)
+    latents = {"video": torch.zeros(100, 8, 5, 8, 8)}
+    index, grid, _, _ = avdit_step_batch(latents, plain_args, step=5, rank=0, world=1)
+    paired_args = SimpleNamespace(**{**vars(plain_args), "counterfactual": 1.0, "twins": 8, "counterfactual_clips": 10})
+    index_c, grid_c, _, _ = avdit_step_batch(latents, paired_args, step=5, rank=0, world=1)
+    assert torch.equal(grid, grid_c) and torch.equal(index[8:], index_c[8:]) and index_c[:8].max() < 10
+
+    folder, latents_file = workspace
+
+    def run(out, *extra):
+        return main(["avdit", "--preset", "tiny", "--prediction", "v", "--clips", "8", "--autoencoders", str(folder),
+                     "--out", str(folder / out), "--batch-size", "4", "--steps", "5", "--warmup", "2", "--threads", "1",
+                     "--quiet", "--no-manifest", "--counterfactual", "1", "--twins", "2", "--counterfactual-clips", "6",
+                     *extra])
+
+    straight = run("avdit_cf")["loss_log"]
+    assert len(straight) == 5 and all(r["counterfactual"] > 0 for r in straight)
+    run("avdit_cf_resumed", "--stop-after", "2")
+    assert run("avdit_cf_resumed", "--resume")["loss_log"] == straight
+    config = json.loads((folder / "avdit_cf.json").read_text())["run"]
+    assert (config["counterfactual"], config["twins"], config["counterfactual_clips"]) == (1.0, 2, 6)
+    from safetensors.torch import load_file
+    twins = load_file(str(latent_cache_name(6, folder, "counterfactual")))
+    clips = load_file(str(latent_cache_name(8, folder)))
+    assert twins["video"].shape == (6, *clips["video"].shape[1:])
+    assert not torch.equal(twins["video"], clips["video"][:6]) and not torch.equal(twins["audio"], clips["audio"][:6])
+    with pytest.raises(ValueError, match="--counterfactual 1.0, not 2.0"):
+        run("avdit_cf", "--counterfactual", "2", "--resume")
+    with pytest.raises(ValueError, match="--latents"):
+        train(folder, latents_file, folder / "avdit_cf_file", "--counterfactual", "1", "--twins", "2")
+    with pytest.raises(ValueError, match="--twins"):
+        run("avdit_cf_many", "--twins", "3")
