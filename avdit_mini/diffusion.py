@@ -135,7 +135,8 @@ class GridDiffusion:
     def loss(self, model, clean: Latents, timestep_grid: Tensor, generator: torch.Generator | None = None,
              object_boost: float = 0.0, impact_boost: float = 0.0, reader=None,
              perceptual_weight: float = 0.0, self_condition: bool | None = None, twins: int = 0,
-             counterfactual: float = 0.0, extras: dict | None = None) -> tuple[Tensor, Tensor]:
+             counterfactual: float = 0.0, counterfactual_gamma: float = 1.0, counterfactual_hide: int = 0,
+             extras: dict | None = None) -> tuple[Tensor, Tensor]:
         """The MoNL loss: MSE on epsilon (or v) over the latent frames whose cell has t > 0.
 
         Each modality's error is averaged over its own noised elements and the two are added,
@@ -157,7 +158,11 @@ class GridDiffusion:
         ``twins`` = K > 0 (chapter 8, "Holding the guesses to a counterfactual"): the batch's last K
         examples are the first K's counterfactual twins (``data.CounterfactualDataset``: the same clip
         with another shape), with the same grid; they get the same noise, and ``counterfactual`` > 0
-        adds that weight times :meth:`counterfactual_error` of each pair's guesses. ``extras``, a dict,
+        adds that weight times :meth:`counterfactual_error` of each pair's guesses (its ``gamma``:
+        ``counterfactual_gamma``). ``counterfactual_hide`` = H > 0: in every latent frame at step H or
+        above, the twin is given its original's noisy input, so that the two inputs differ only in the
+        frames below H -- a task's condition -- and the guesses' difference in the others can only come
+        from there (H = 400: the square-circle difference is hidden by the noise from step 369, chapter 7). ``extras``, a dict,
         receives the unweighted term as ``"counterfactual"``.
         """
         batch = clean.video.shape[0]
@@ -170,6 +175,9 @@ class GridDiffusion:
             noise = Latents(*(torch.cat([n[:batch - twins], n[:twins]]) for n in (noise.video, noise.audio)))
         noisy = self.q_sample(clean, timestep_grid, noise)
         t_video, t_audio = self.frame_steps(timestep_grid)
+        if twins and counterfactual_hide:  # where the noise hides the shape, the twin sees its original's input
+            noisy = Latents(*(self._hidden_from_twins(x, t, twins, counterfactual_hide)
+                              for x, t in ((noisy.video, t_video), (noisy.audio, t_audio))))
         if self_condition is None:
             self_condition = reads_its_estimate(model)
         if self_condition:
@@ -196,7 +204,7 @@ class GridDiffusion:
             total = total + (frame_error * noised).sum() / noised.sum().clamp_min(1.0)
             if twins:
                 _, estimate = self.to_eps_x0(out.float(), (noisy.video, noisy.audio)[row], t_frames)
-                term = self.counterfactual_error(estimate, x0.float(), t_frames, twins)
+                term = self.counterfactual_error(estimate, x0.float(), t_frames, twins, gamma=counterfactual_gamma)
                 if extras is not None:
                     extras["counterfactual"] = extras.get("counterfactual", 0.0) + term.detach()
                 total = total + counterfactual * term
@@ -207,8 +215,15 @@ class GridDiffusion:
                 per_cell[:, row, n] = torch.where(timestep_grid[:, row, n] > 0, cell.detach(), per_cell[:, row, n])
         return total, per_cell
 
+    @staticmethod
+    def _hidden_from_twins(x: Tensor, t_frames: Tensor, twins: int, hide: int) -> Tensor:
+        """``x`` with each twin's latent frames at step ``hide`` or above replaced by its original's."""
+        batch = x.shape[0]
+        hidden = (t_frames[batch - twins:] >= hide).reshape(twins, 1, t_frames.shape[1], *[1] * (x.dim() - 3))
+        return torch.cat([x[:batch - twins], torch.where(hidden, x[:twins], x[batch - twins:])])
+
     def counterfactual_error(self, estimate: Tensor, clean: Tensor, t_frames: Tensor, twins: int,
-                             floor: float = 0.01) -> Tensor:
+                             floor: float = 0.01, gamma: float = 1.0) -> Tensor:
         """How far a pair's guesses are from differing as the pair does, relative to how much it does.
 
         With ``estimate`` the network's guesses of the clean latents of a batch whose last ``twins``
@@ -216,9 +231,11 @@ class GridDiffusion:
 
             sum w (d - D)^2 / sum D^2,    d = guess - twin's guess,  D = clean - twin's clean,
 
-        over the noised latent frames, with w = min(1, SNR(t)): the clean-latent error where the
-        signal is at least as loud as the noise, less where it is not (at t = T both inputs are the
-        same noise and nothing can be asked). Squared-error training alone lets a quiet difference
+        over the noised latent frames, with w = min(1, SNR(t) / ``gamma``): the clean-latent error where the
+        signal is at least ``gamma`` times as loud as the noise, less where it is not. ``gamma`` = 0: w = 1
+        at every noised frame, so the noisiest frames -- where the pair's inputs hardly differ and the
+        difference must come from the other cells, a task's condition -- count as much as the rest
+        (where every cell is pure noise both inputs are the same and d = 0, whatever the network). Squared-error training alone lets a quiet difference
         (a circle turned square) go: its share of the plain loss is tiny. Here every pair counts the
         same, however quiet its difference; D^2 is floored at ``floor`` per element, so a change
         the noised frames do not hold (an impact-free stretch of sound) is not blown up. Mean over pairs.
@@ -228,7 +245,8 @@ class GridDiffusion:
         d = estimate[first] - estimate[second]
         D = clean[first] - clean[second]
         alpha_bar = self.schedule.alpha_bar.to(clean.device)[t_frames[first]]  # [K, F]
-        weight = (alpha_bar / (1 - alpha_bar).clamp_min(1e-8)).clamp(max=1.0)
+        snr = alpha_bar / (1 - alpha_bar).clamp_min(1e-8)
+        weight = (snr / gamma).clamp(max=1.0) if gamma > 0 else torch.ones_like(snr)
         weight = weight * (t_frames[first] > 0)  # only noised frames count
         shape = [twins, 1, weight.shape[1]] + [1] * (clean.dim() - 3)
         noised = (t_frames[first] > 0).float().reshape(shape)

@@ -165,9 +165,20 @@ def load_pipeline(name: str = "monl", folder: str | Path = CHECKPOINTS, device: 
 
 def provenance(pipeline: AVPipeline) -> dict:
     """What made a loaded pipeline, for a result file: its steps, its run's settings (``--init``, ``--max-step``, ...)
-    and its training loss over the first 100 and the last 200 steps of its last run (the mean per step)."""
+    and its training loss over the first 100 and the last 200 steps of its last run (the mean per step); with
+    ``training_terms``, the same of each added term the run logged on its own (``counterfactual``,
+    ``shape_cross_entropy``), unweighted."""
     meta = getattr(pipeline, "meta", {})
-    losses = [r["loss"] if isinstance(r, dict) else r for r in meta.get("loss_log", [])]
-    summary = {"first_100": round(sum(losses[:100]) / len(losses[:100]), 5),
-               "last_200": round(sum(losses[-200:]) / len(losses[-200:]), 5)} if len(losses) >= 300 else None
-    return {"trained_steps": meta.get("step"), "run": meta.get("run", {}), "training_loss": summary}
+    log = meta.get("loss_log", [])
+
+    def summary(values: list[float]) -> dict | None:
+        return {"first_100": round(sum(values[:100]) / len(values[:100]), 5),
+                "last_200": round(sum(values[-200:]) / len(values[-200:]), 5)} if len(values) >= 300 else None
+
+    made = {"trained_steps": meta.get("step"), "run": meta.get("run", {}),
+            "training_loss": summary([r["loss"] if isinstance(r, dict) else r for r in log])}
+    terms = {key: summary([r[key] for r in log]) for key in ("counterfactual", "shape_cross_entropy")
+             if log and isinstance(log[0], dict) and key in log[0]}
+    if terms:
+        made["training_terms"] = terms
+    return made

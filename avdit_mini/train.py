@@ -1055,6 +1055,10 @@ def run_avdit(args: argparse.Namespace) -> dict:
                                          ("self_condition", args.self_condition), ("max_step", args.max_step)) if v})
     if args.counterfactual:
         run_config.update(counterfactual=args.counterfactual, twins=args.twins, counterfactual_clips=args.counterfactual_clips)
+        if args.counterfactual_gamma != 1.0:  # left out at its default, so the first pilot's config still matches
+            run_config["counterfactual_gamma"] = args.counterfactual_gamma
+        if args.counterfactual_hide:
+            run_config["counterfactual_hide"] = args.counterfactual_hide
     reader = alignment = None
     if args.perceptual_weight or args.repa:
         from .perceptual import load_reader
@@ -1095,7 +1099,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
     if supervision is not None:
         companions["shape_head"] = supervision.head
     trained_parameters = list(model.parameters()) + [p for module in companions.values() for p in module.parameters()]
-    resume_settings = {"max_step": args.max_step, "counterfactual": args.counterfactual, "repa_block": args.repa_block if alignment is not None else None,
+    resume_settings = {"max_step": args.max_step, "counterfactual": args.counterfactual,
+                       "counterfactual_gamma": args.counterfactual_gamma, "counterfactual_hide": args.counterfactual_hide, "repa_block": args.repa_block if alignment is not None else None,
                        "shape_block": args.shape_block if supervision is not None else None}
     optimizer = torch.optim.AdamW(trained_parameters, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     scheduler = warmup_cosine(optimizer, args.steps, args.warmup)
@@ -1108,7 +1113,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
                 raise ValueError(f"{state_path} was trained {'with' if name in state else 'without'} {flag}; "
                                  "resume it with the same flags (or start a new run with another --out)")
         for key, value in resume_settings.items():  # saved since these flags exist: older states have none
-            stored = state.get("settings", {}).get(key, 0.0 if key == "counterfactual" else value)
+            stored = state.get("settings", {}).get(key, {"counterfactual": 0.0, "counterfactual_gamma": 1.0,
+                                                              "counterfactual_hide": 0}.get(key, value))
             if stored != value:
                 raise ValueError(f"{state_path} was trained with --{key.replace('_', '-')} {stored}, "
                                  f"not {value}; resume it with the same flags (or start a new run with another --out)")
@@ -1185,7 +1191,9 @@ def run_avdit(args: argparse.Namespace) -> dict:
             loss, per_cell = diffusion.loss(trained, clean, grid.to(device), generator=None if device.type == "cuda" else generator,
                                             object_boost=args.object_boost, impact_boost=args.impact_boost,
                                             reader=reader, perceptual_weight=args.perceptual_weight,
-                                            twins=twins, counterfactual=args.counterfactual, extras=extras)
+                                            twins=twins, counterfactual=args.counterfactual,
+                                            counterfactual_gamma=args.counterfactual_gamma,
+                                            counterfactual_hide=args.counterfactual_hide, extras=extras)
             if alignment is not None:
                 loss = loss + args.repa * alignment(clean.video)
             if supervision is not None:
@@ -1269,6 +1277,12 @@ def add_avdit_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weight of a term that holds the network's guesses of a clip and of its counterfactual twin "
                              "(the same clip with the next shape, picture and sound; same grid, same noise) to differ as "
                              "the two clips do, relative to how much they do (GridDiffusion.counterfactual_error; 0: off)")
+    parser.add_argument("--counterfactual-gamma", type=float, default=1.0,
+                        help="--counterfactual: weigh each noised frame's error by min(1, SNR(t) / GAMMA); 0: by 1 at "
+                             "every t, so the noisiest frames, whose difference must come from the condition, count fully")
+    parser.add_argument("--counterfactual-hide", type=int, default=0,
+                        help="--counterfactual: in latent frames at step H or above the twin is given its original's noisy "
+                             "input, so their guesses' difference there must come from the other frames (0: off)")
     parser.add_argument("--twins", type=int, default=16,
                         help="--counterfactual: twins appended to each batch, paired with its first TWINS clips")
     parser.add_argument("--counterfactual-clips", type=int, default=2048,

@@ -19,7 +19,7 @@ import torch
 
 from avdit_mini.metrics import evaluate_task
 from avdit_mini import checkpoints
-from avdit_mini.pipeline import CHECKPOINTS, load_pipeline, vocoder_name
+from avdit_mini.pipeline import CHECKPOINTS, load_pipeline, provenance, vocoder_name
 from avdit_mini.tasks import TASKS
 
 
@@ -65,6 +65,7 @@ def main() -> None:
                                for name in ("video_ae", "audio_ae")},
               # how decoded log-mels became waveforms: the trained post-net + Griffin-Lim, or Griffin-Lim alone
               "vocoder": vocoder_name(pipeline.audio_ae),
+              "made_by": provenance(pipeline),  # its run's settings and training loss (a pilot's --init, its terms)
               "tasks": {}}
     if guide is not None:  # chapter 8, "Guided by a weaker self"
         result["autoguide"] = {"pipeline": args.autoguide, "trained_steps": guide.meta.get("step")}

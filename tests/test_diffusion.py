@@ -357,6 +357,8 @@ def test_counterfactual_error_asks_a_pair_to_differ_as_the_clips_do():
     t_low_snr = torch.full((4, 5), 800)                       # below SNR 1 the clean-latent error is weighed by the SNR
     snr = (diffusion.schedule.alpha_bar[800] / (1 - diffusion.schedule.alpha_bar[800])).item()
     assert diffusion.counterfactual_error(same, clean, t_low_snr, 2).item() == pytest.approx(snr, rel=1e-4)
+    assert diffusion.counterfactual_error(same, clean, t_low_snr, 2, gamma=0.0).item() == pytest.approx(1.0, rel=1e-5)
+    assert diffusion.counterfactual_error(same, clean, t_low_snr, 2, gamma=snr / 2).item() == pytest.approx(1.0, rel=1e-4)
     clean_frames = t.clone()
     clean_frames[:, 1:] = 0                                   # only frame 0 noised: only it counts
     off = same.clone()
@@ -397,3 +399,26 @@ def test_twins_are_noised_as_their_originals_and_the_term_is_added():
         diffusion.loss(model, clean, grid, twins=2)
     with pytest.raises(ValueError, match="twins=4"):
         diffusion.loss(model, clean, grid, twins=4)
+
+
+def test_hidden_frames_give_a_twin_its_originals_input():
+    """counterfactual_hide=H: in latent frames at step H or above the twin's noisy input is its original's (the
+    noise hides the shape there), below H its own; the originals' inputs are untouched."""
+    diffusion = GridDiffusion(prediction="v")
+    recorder = Recorder(random_model(prediction="v"))
+    clean = clean_latents(6)
+    grid = torch.tensor([[[0, 0, 500, 500, 300], [0, 0, 800, 800, 100]]] * 4)
+    grid = torch.cat([grid, grid[:2]])
+    diffusion.loss(recorder, clean, grid, generator=torch.Generator().manual_seed(4), twins=2, counterfactual=1.0)
+    own_video, own_audio, _ = recorder.inputs[-1]
+    diffusion.loss(recorder, clean, grid, generator=torch.Generator().manual_seed(4), twins=2, counterfactual=1.0,
+                   counterfactual_hide=400)
+    video, audio, _ = recorder.inputs[-1]
+    assert torch.equal(video[:4], own_video[:4]) and torch.equal(audio[:4], own_audio[:4])
+    hidden = [2, 3]                                           # video latent frame f is segment f: t = 500 at 2 and 3
+    assert torch.equal(video[4:][:, :, hidden], video[:2][:, :, hidden])
+    assert torch.equal(video[4:][:, :, [0, 1, 4]], own_video[4:][:, :, [0, 1, 4]])
+    _, t_audio = diffusion.frame_steps(grid)
+    at_800 = (t_audio[4] >= 400)
+    assert at_800.any() and torch.equal(audio[4][:, at_800], audio[0][:, at_800])
+    assert torch.equal(audio[4][:, ~at_800], own_audio[4][:, ~at_800]) and not torch.equal(audio[4], audio[0])

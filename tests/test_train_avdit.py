@@ -390,6 +390,17 @@ def test_counterfactual_twins_train_log_their_term_and_resume_exactly(workspace)
     assert not torch.equal(twins["video"], clips["video"][:6]) and not torch.equal(twins["audio"], clips["audio"][:6])
     with pytest.raises(ValueError, match="--counterfactual 1.0, not 2.0"):
         run("avdit_cf", "--counterfactual", "2", "--resume")
+    with pytest.raises(ValueError, match="--counterfactual-gamma 1.0, not 0.0"):
+        run("avdit_cf", "--counterfactual-gamma", "0", "--resume")
+    flat = run("avdit_cf_flat", "--counterfactual-gamma", "0", "--counterfactual-hide", "400", "--steps", "2")["loss_log"]
+    flat_run = json.loads((folder / "avdit_cf_flat.json").read_text())["run"]
+    assert (flat_run["counterfactual_gamma"], flat_run["counterfactual_hide"]) == (0.0, 400)
+    assert flat[0]["counterfactual"] > straight[0]["counterfactual"]   # the noisiest frames count fully
+    pipeline = load_pipeline("cf", folder)                 # a result file records the term's course
+    pipeline.meta["loss_log"] = [{"loss": 1.0, "counterfactual": 0.5}] * 100 + [{"loss": 0.5, "counterfactual": 0.25}] * 200
+    assert provenance(pipeline)["training_terms"] == {"counterfactual": {"first_100": 0.5, "last_200": 0.25}}
+    pipeline.meta["loss_log"] = [{"loss": 1.0}] * 300                    # a plain run: no terms
+    assert "training_terms" not in provenance(pipeline)
     with pytest.raises(ValueError, match="--latents"):
         train(folder, latents_file, folder / "avdit_cf_file", "--counterfactual", "1", "--twins", "2")
     with pytest.raises(ValueError, match="--twins"):
