@@ -162,10 +162,15 @@ class GridDiffusion:
         ``counterfactual_gamma``). ``counterfactual_hide`` = H > 0: in every latent frame at step H or
         above, the twin is given its original's noisy input, so that the two inputs differ only in the
         frames below H -- a task's condition -- and the guesses' difference in the others can only come
-        from there (H = 400: the square-circle difference is hidden by the noise from step 369, chapter 7). ``extras``, a dict,
+        from there (H = 400: the square-circle difference is hidden by the noise from step 369, chapter 7).
+        The twin's own squared error is kept in those frames: from that input and its condition, its
+        clean latent is the twin's -- the same counterfactual claim, which the noise there hardly refutes. ``extras``, a dict,
         receives the unweighted term as ``"counterfactual"``.
         """
         batch = clean.video.shape[0]
+        if twins and counterfactual and counterfactual_gamma == 0 and self.prediction == "epsilon":
+            raise ValueError("counterfactual_gamma 0 weighs every noised frame's clean-latent error fully, and an epsilon "
+                             "model's grows as 1 / SNR (about 1e5 near t = T): use gamma > 0, or v prediction")
         if twins and not (0 < 2 * twins <= batch and torch.equal(timestep_grid[:twins], timestep_grid[batch - twins:])):
             raise ValueError(f"twins={twins}: the last {twins} of the batch's {batch} examples must be the first {twins}'s "
                              "twins, with the same timestep grids")
@@ -181,7 +186,7 @@ class GridDiffusion:
         if self_condition is None:
             self_condition = reads_its_estimate(model)
         if self_condition:
-            output = model(noisy.video, noisy.audio, timestep_grid, self.own_estimate(model, noisy, timestep_grid, generator))
+            output = model(noisy.video, noisy.audio, timestep_grid, self.own_estimate(model, noisy, timestep_grid, generator, twins))
         else:
             output = model(noisy.video, noisy.audio, timestep_grid)
         total = clean.video.new_zeros(())
@@ -233,12 +238,15 @@ class GridDiffusion:
 
         over the noised latent frames, with w = min(1, SNR(t) / ``gamma``): the clean-latent error where the
         signal is at least ``gamma`` times as loud as the noise, less where it is not. ``gamma`` = 0: w = 1
-        at every noised frame, so the noisiest frames -- where the pair's inputs hardly differ and the
-        difference must come from the other cells, a task's condition -- count as much as the rest
-        (where every cell is pure noise both inputs are the same and d = 0, whatever the network). Squared-error training alone lets a quiet difference
-        (a circle turned square) go: its share of the plain loss is tiny. Here every pair counts the
-        same, however quiet its difference; D^2 is floored at ``floor`` per element, so a change
-        the noised frames do not hold (an impact-free stretch of sound) is not blown up. Mean over pairs.
+        at every noised frame, so the noisiest frames -- where the pair's inputs differ by a mere
+        sqrt(alpha_bar) D and the difference must come from the other cells, a task's condition, or be
+        enlarged from that trace -- count as much as the rest. Squared-error training alone lets a quiet
+        difference (a circle turned square) go: its share of the plain loss is tiny. Here every pair counts
+        the same, however quiet its difference; the pair's sum of D^2 is floored at ``floor`` times its
+        number of noised elements, so a change the noised frames do not hold (an impact-free stretch of
+        sound) is not blown up. Mean over the pairs, those without a noised frame counting 0; a pair whose
+        inputs are the same (every frame hidden, ``counterfactual_hide``) has d = 0 and counts
+        sum w D^2 / sum D^2 (1 with ``gamma`` 0) whatever the network: a floor of the logged term.
         """
         batch = estimate.shape[0]
         first, second = slice(0, twins), slice(batch - twins, batch)
@@ -257,11 +265,14 @@ class GridDiffusion:
 
     @torch.no_grad()
     def own_estimate(self, model, noisy: Latents, timestep_grid: Tensor,
-                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                     generator: torch.Generator | None = None, twins: int = 0) -> tuple[Tensor, Tensor]:
         """Self-conditioning's first call: the model's estimate of the clean latents, kept for a random
-        half of the batch (zeros, "no estimate", for the other half); clamped as the sampler clamps it."""
+        half of the batch (zeros, "no estimate", for the other half); clamped as the sampler clamps it.
+        With ``twins`` (see :meth:`loss`) a twin keeps its estimate exactly when its original does."""
         estimate = _clamped(self.predict(model, noisy, timestep_grid)[1])
         keep = torch.rand(noisy.video.shape[0], generator=generator, device=noisy.video.device) < 0.5  # [B]
+        if twins:
+            keep = torch.cat([keep[:keep.shape[0] - twins], keep[:twins]])
         return tuple(torch.where(keep.reshape(-1, *[1] * (e.dim() - 1)), e, 0.0).to(x.dtype)
                      for e, x in ((estimate.video, noisy.video), (estimate.audio, noisy.audio)))
 

@@ -177,7 +177,7 @@ def provenance(pipeline: AVPipeline) -> dict:
 
     made = {"trained_steps": meta.get("step"), "run": meta.get("run", {}),
             "training_loss": summary([r["loss"] if isinstance(r, dict) else r for r in log])}
-    terms = {key: summary([r[key] for r in log]) for key in ("counterfactual", "shape_cross_entropy")
+    terms = {key: summary([r[key] for r in log if key in r]) for key in ("counterfactual", "shape_cross_entropy")
              if log and isinstance(log[0], dict) and key in log[0]}
     if terms:
         made["training_terms"] = terms

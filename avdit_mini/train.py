@@ -1100,7 +1100,10 @@ def run_avdit(args: argparse.Namespace) -> dict:
         companions["shape_head"] = supervision.head
     trained_parameters = list(model.parameters()) + [p for module in companions.values() for p in module.parameters()]
     resume_settings = {"max_step": args.max_step, "counterfactual": args.counterfactual,
-                       "counterfactual_gamma": args.counterfactual_gamma, "counterfactual_hide": args.counterfactual_hide, "repa_block": args.repa_block if alignment is not None else None,
+                       "counterfactual_gamma": args.counterfactual_gamma, "counterfactual_hide": args.counterfactual_hide,
+                       "twins": args.twins if args.counterfactual else None,
+                       "counterfactual_clips": args.counterfactual_clips if args.counterfactual else None,
+                       "repa_block": args.repa_block if alignment is not None else None,
                        "shape_block": args.shape_block if supervision is not None else None}
     optimizer = torch.optim.AdamW(trained_parameters, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     scheduler = warmup_cosine(optimizer, args.steps, args.warmup)

@@ -399,6 +399,21 @@ def test_twins_are_noised_as_their_originals_and_the_term_is_added():
         diffusion.loss(model, clean, grid, twins=2)
     with pytest.raises(ValueError, match="twins=4"):
         diffusion.loss(model, clean, grid, twins=4)
+    grid[5, 0, 0] = grid[1, 0, 0]
+    with pytest.raises(ValueError, match="v prediction"):   # gamma 0 with epsilon: the clean-latent error ~ 1 / SNR
+        GridDiffusion().loss(random_model(), clean, grid, twins=2, counterfactual=1.0, counterfactual_gamma=0.0)
+
+
+def test_a_twin_is_given_an_estimate_exactly_when_its_original_is():
+    """Self-conditioning with twins: the coin that keeps an estimate is shared within a pair."""
+    diffusion = GridDiffusion(prediction="v")
+    model = self_conditioned_model("v")
+    clean = clean_latents(12)
+    grid = torch.randint(1, 1000, (6, 2, 5), generator=torch.Generator().manual_seed(3))
+    noisy = diffusion.q_sample(clean, torch.cat([grid, grid]), Latents(torch.randn_like(clean.video), torch.randn_like(clean.audio)))
+    video, _ = diffusion.own_estimate(model, noisy, torch.cat([grid, grid]), torch.Generator().manual_seed(0), twins=6)
+    given = video.flatten(1).abs().sum(1) > 0
+    assert torch.equal(given[:6], given[6:]) and 0 < given.sum() < 12
 
 
 def test_hidden_frames_give_a_twin_its_originals_input():

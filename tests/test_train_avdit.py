@@ -390,6 +390,8 @@ def test_counterfactual_twins_train_log_their_term_and_resume_exactly(workspace)
     assert not torch.equal(twins["video"], clips["video"][:6]) and not torch.equal(twins["audio"], clips["audio"][:6])
     with pytest.raises(ValueError, match="--counterfactual 1.0, not 2.0"):
         run("avdit_cf", "--counterfactual", "2", "--resume")
+    with pytest.raises(ValueError, match="--twins 2, not 4"):
+        run("avdit_cf", "--twins", "4", "--batch-size", "8", "--resume")
     with pytest.raises(ValueError, match="--counterfactual-gamma 1.0, not 0.0"):
         run("avdit_cf", "--counterfactual-gamma", "0", "--resume")
     flat = run("avdit_cf_flat", "--counterfactual-gamma", "0", "--counterfactual-hide", "400", "--steps", "2")["loss_log"]
