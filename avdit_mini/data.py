@@ -82,6 +82,11 @@ class Clip:
         return {"video": self.video, "audio": self.audio, "factors": self.factors}
 
 
+def _shape_factors(shape: str) -> dict:
+    """The factors a shape fixes: itself and its impact timbre (one per shape)."""
+    return {"shape": shape, "timbre": TIMBRES[SHAPES.index(shape)]}
+
+
 class World:
     """The procedural audiovisual world (chapter 1): ``World().clip(seed)``."""
 
@@ -237,8 +242,7 @@ class World:
             raise ValueError("factors need the clip's impacts: pass World().clip(seed).factors")
         impacts = [{"time": t, "speed": v, "surface": u} for t, v, u in
                    zip(factors["impact_times"], factors["impact_speeds"], factors["impact_surfaces"])]
-        return torch.from_numpy(self.synthesize({**factors, "shape": shape, "timbre": TIMBRES[SHAPES.index(shape)]},
-                                                impacts)).float()
+        return torch.from_numpy(self.synthesize({**factors, **_shape_factors(shape)}, impacts)).float()
 
     # -- the public entry point ----------------------------------------------------------------
     def clip(self, seed: int) -> Clip:
@@ -352,7 +356,7 @@ class CounterfactualDataset(WorldDataset):
         item = super().__getitem__(index)
         factors = item["factors"]
         shape = next_shape(factors["shape"])
-        twin = {**factors, "shape": shape, "timbre": TIMBRES[SHAPES.index(shape)], "twin_of": factors["shape"]}
+        twin = {**factors, **_shape_factors(shape), "twin_of": factors["shape"]}
         return {"video": self.world.redraw(factors, shape), "audio": self.world.resound(factors, shape), "factors": twin}
 
 

@@ -164,8 +164,8 @@ class GridDiffusion:
         frames below H -- a task's condition -- and the guesses' difference in the others can only come
         from there (H = 400: the square-circle difference is hidden by the noise from step 369, chapter 7).
         The twin's own squared error is kept in those frames: from that input and its condition, its
-        clean latent is the twin's -- the same counterfactual claim, which the noise there hardly refutes. ``extras``, a dict,
-        receives the unweighted term as ``"counterfactual"``.
+        clean latent is the twin's -- the same counterfactual claim, which the noise there hardly refutes.
+        ``extras``, a dict, receives the unweighted term as ``"counterfactual"``.
         """
         batch = clean.video.shape[0]
         if twins and counterfactual and counterfactual_gamma == 0 and self.prediction == "epsilon":
@@ -186,7 +186,8 @@ class GridDiffusion:
         if self_condition is None:
             self_condition = reads_its_estimate(model)
         if self_condition:
-            output = model(noisy.video, noisy.audio, timestep_grid, self.own_estimate(model, noisy, timestep_grid, generator, twins))
+            estimate = self.own_estimate(model, noisy, timestep_grid, generator, twins)
+            output = model(noisy.video, noisy.audio, timestep_grid, estimate)
         else:
             output = model(noisy.video, noisy.audio, timestep_grid)
         total = clean.video.new_zeros(())
@@ -255,11 +256,10 @@ class GridDiffusion:
         alpha_bar = self.schedule.alpha_bar.to(clean.device)[t_frames[first]]  # [K, F]
         snr = alpha_bar / (1 - alpha_bar).clamp_min(1e-8)
         weight = (snr / gamma).clamp(max=1.0) if gamma > 0 else torch.ones_like(snr)
-        weight = weight * (t_frames[first] > 0)  # only noised frames count
         shape = [twins, 1, weight.shape[1]] + [1] * (clean.dim() - 3)
-        noised = (t_frames[first] > 0).float().reshape(shape)
+        noised = (t_frames[first] > 0).float().reshape(shape)  # only noised frames count
         per_element = noised.expand_as(D).flatten(1).sum(1)  # [K]
-        error = (weight.reshape(shape) * (d - D) ** 2).flatten(1).sum(1)
+        error = (noised * weight.reshape(shape) * (d - D) ** 2).flatten(1).sum(1)
         energy = (noised * D ** 2).flatten(1).sum(1)
         return (error / torch.maximum(energy, floor * per_element).clamp_min(1e-8)).mean()
 

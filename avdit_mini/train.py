@@ -970,6 +970,10 @@ def warm_start(model: AVDiT, scaler: LatentScaler, stem: Path, config: AVDiTConf
         + (", with self-conditioning's layers added at zero" if adding_self_condition else ""))
 
 
+# what a training state saved before these flags existed was trained with (other settings: not checked for it)
+SETTINGS_BEFORE_FLAGS = {"counterfactual": 0.0, "counterfactual_gamma": 1.0, "counterfactual_hide": 0}
+
+
 def run_avdit(args: argparse.Namespace) -> dict:
     """``python -m avdit_mini.train avdit``: train an AVDiT on cached latents with a MoNL strategy."""
     import os
@@ -1116,8 +1120,7 @@ def run_avdit(args: argparse.Namespace) -> dict:
                 raise ValueError(f"{state_path} was trained {'with' if name in state else 'without'} {flag}; "
                                  "resume it with the same flags (or start a new run with another --out)")
         for key, value in resume_settings.items():  # saved since these flags exist: older states have none
-            stored = state.get("settings", {}).get(key, {"counterfactual": 0.0, "counterfactual_gamma": 1.0,
-                                                              "counterfactual_hide": 0}.get(key, value))
+            stored = state.get("settings", {}).get(key, SETTINGS_BEFORE_FLAGS.get(key, value))
             if stored != value:
                 raise ValueError(f"{state_path} was trained with --{key.replace('_', '-')} {stored}, "
                                  f"not {value}; resume it with the same flags (or start a new run with another --out)")
@@ -1188,7 +1191,8 @@ def run_avdit(args: argparse.Namespace) -> dict:
         twins, extras = 0, {}
         if twin_latents is not None:  # the twins of the first --twins clips, appended with the same grids
             twins = args.twins // world
-            clean = Latents(*(torch.cat([x, twin_latents[k][index[:twins]]]) for k, x in (("video", clean.video), ("audio", clean.audio))))
+            clean = Latents(torch.cat([clean.video, twin_latents["video"][index[:twins]]]),
+                            torch.cat([clean.audio, twin_latents["audio"][index[:twins]]]))
             grid, strategy = torch.cat([grid, grid[:twins]]), torch.cat([strategy, strategy[:twins]])
         with autocast:
             loss, per_cell = diffusion.loss(trained, clean, grid.to(device), generator=None if device.type == "cuda" else generator,
