@@ -125,7 +125,7 @@ def summarise(rows: list[dict]) -> dict:
     """Average each measurement over clips (None = not measurable on that clip, skipped)."""
     summary: dict = {"clips": len(rows)}
     keys = sorted({k for r in rows for k in r} - {"generated_colour", "generated_shape", "heard_shape", "condition_shape",
-                                                  "impact_errors_s"})
+                                                  "impact_errors_s", "code_shape"})
     for key in keys:
         values = [float(r[key]) for r in rows if r.get(key) is not None]
         summary[key] = float(np.mean(values)) if values else None
@@ -141,11 +141,25 @@ def summarise(rows: list[dict]) -> dict:
         summary["colour_entropy_max_bits"] = math.log2(len(COLOURS))
     # what the probe saw drawn (chapter 8: "every object is round") and the timbre heard at the generated impacts,
     # each by the condition clip's shape
-    for key, name in (("generated_shape", "shape_counts"), ("heard_shape", "timbre_counts")):
+    for key, name in (("generated_shape", "shape_counts"), ("heard_shape", "timbre_counts"), ("code_shape", "code_counts")):
         pairs = Counter((r["condition_shape"], r[key]) for r in rows if r.get(key))
         if pairs:
             summary[name] = {true: {said: pairs.get((true, said), 0) for said in SHAPES} for true in SHAPES}
     return summary
+
+
+def code_votes(pipeline, latents, task_pattern: torch.Tensor) -> list[str]:
+    """The shape each generated clip's shape code says (its channels summed over the generated video latent frames;
+    the largest wins), for a video autoencoder with a shape code (``train autoencoder --shape-code``); else []."""
+    video_ae = pipeline.video_ae
+    if getattr(video_ae, "shape_coder", None) is None:
+        return []
+    generated = ~task_pattern[0].bool()  # one video latent frame per segment
+    if not generated.any():
+        return []
+    video, _ = pipeline.scaler.unscale(latents.video, latents.audio)
+    code = video[:, video_ae.config.latent_channels:][:, :, generated.to(video.device)]
+    return [SHAPES[i] for i in code.sum(dim=(2, 3, 4)).argmax(dim=1).tolist()]
 
 
 def evaluate_task(pipeline, task: str | torch.Tensor, n_clips: int, steps: int = 50, guidance: float = 1.0,
@@ -172,7 +186,11 @@ def evaluate_task(pipeline, task: str | torch.Tensor, n_clips: int, steps: int =
                        guidance=guidance, seed=seed + start, batch_size=len(items), sampler=sampler, eta=eta,
                        guide=guide, start_step=start_step)
         seconds += time.perf_counter() - began
-        rows += [score_clip(task_pattern, v, a, item) for v, a, item in zip(out.video, out.audio, items)]
+        scored = [score_clip(task_pattern, v, a, item) for v, a, item in zip(out.video, out.audio, items)]
+        for row, said in zip(scored, code_votes(pipeline, out.latents, task_pattern)):
+            row["code_shape"] = said  # an autoencoder with a shape code: what the generated code says
+            row["video_code_shape"] = said == row["condition_shape"]
+        rows += scored
     summary = summarise(rows)
     summary.update({"steps": steps, "guidance": guidance, "clips_per_second": n_clips / seconds})
     if (sampler, eta) != ("ddim", 0.0):

@@ -41,8 +41,9 @@ from .monl import STRATEGIES, conditional_grid, sample_timestep_grid
 from .pipeline import CHECKPOINTS, AVPipeline, load_autoencoder, load_pipeline, load_pipeline_state, save_pipeline
 from .schedules import NoiseSchedule
 from .tasks import resolve_task
-from .video_ae import (TINY_VIDEO_CONFIG, FrameCritic, ShapeReadout, VideoAEConfig, VideoAutoencoder, hinge_critic_loss,
-                       object_cells, object_crops, psnr, reconstruction_loss, shape_alignment_error)
+from .video_ae import (TINY_VIDEO_CONFIG, FrameCritic, ShapeReadout, VideoAEConfig, VideoAutoencoder, causal_time_pool,
+                       hinge_critic_loss, object_cells, object_crops, psnr, reconstruction_loss, shape_alignment_error,
+                       shape_code_targets)
 
 TINY_AUDIO_CONFIG = AudioAEConfig(channels=(16, 16, 16), blocks=1, groups=4, griffin_lim_iters=4)
 TRAIN_CLIPS = 10_000_000  # seeds of the train split drawn from: practically every clip is new
@@ -468,6 +469,92 @@ class ShapeHeadLoss:
         return f"shape head: cross-entropy {error:.3f}, right in {100 * accuracy:.1f}% of the object's cells"
 
 
+def finest_removed(latent: torch.Tensor) -> torch.Tensor:
+    """A video latent [B, C, F, H, W] with each frame's finest spatial pattern removed: a [1, 2, 1] / 4 filter along
+    each grid axis (edges replicated), which passes a channel's mean and has no response at 0.5 cycles per cell."""
+    b, c, f, h, w = latent.shape
+    x = F.pad(latent.reshape(b * c * f, 1, h, w), (1, 1, 1, 1), mode="replicate")
+    kernel = torch.tensor([1.0, 2.0, 1.0], device=latent.device, dtype=latent.dtype) / 4
+    x = F.conv2d(x, (kernel[:, None] * kernel[None, :])[None, None])
+    return x.reshape(b, c, f, h, w)
+
+
+def unsure_of_shape(model: nn.Module, appearance: torch.Tensor, batch: dict, share: float) -> torch.Tensor:
+    """``appearance`` (the encoder's latents of ``batch``), where for a random ``share`` of the clips the latent is
+    replaced by the mean of the latents of that clip drawn with each shape (``World.redraw``: the same path, size,
+    colour and background): a latent that says exactly where the object is and what colour, and nothing of its
+    shape -- what a diffusion model unsure of the shape makes (chapter 8, "The guess as a mixture of shapes")."""
+    chosen = [i for i in range(appearance.shape[0]) if float(torch.rand(())) < share]
+    if not chosen:
+        return appearance
+    world = World()
+    drawings = torch.stack([world.redraw(batch["factors"][i], s) for i in chosen for s in SHAPES]).to(appearance.device)
+    with torch.no_grad():
+        mean = model.encode_appearance(drawings).reshape(len(chosen), len(SHAPES), *appearance.shape[1:]).mean(dim=1)
+    appearance = appearance.clone()
+    appearance[chosen] = mean
+    return appearance
+
+
+class ShapeCodeLoss:
+    """``--shape-code W`` (chapter 3, "A latent that names its shape"): the encoder's :class:`ShapeCoder` and a decoder that reads it.
+
+    The loss of a batch is the reconstruction loss from the latent -- the frozen encoder's channels,
+    with ``--latent-noise`` (which makes their quiet pattern an unreliable witness of the shape, so
+    that the decoder learns to take the shape from the code), and the code, detached, plus noise
+    up to ``--code-noise``; ``--unsure-shape P``: for a share P of the clips the encoder's channels are the mean of
+    the clip's latents drawn with each shape (:func:`unsure_of_shape`); ``--latent-blur P``: for a share P of the clips the encoder's channels lose their finest
+    spatial pattern first (:func:`finest_removed`), the quiet pattern a diffusion model's samples lack -- plus ``W`` x the coder's binary cross-entropy against each frame's true
+    per-cell, per-shape coverage (:func:`shape_code_targets`), the object's cells weighed 10 times the
+    empty ones. The code is detached from the reconstruction so that it means only what it is trained
+    to mean: a diffusion model will have to draw it.
+    """
+
+    def __init__(self, model: nn.Module, args: argparse.Namespace):
+        self.model, self.args, self.weight = model, args, args.shape_code
+        self.stats: list[tuple[float, float]] = []
+
+    def __call__(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        video, model = batch["video"], self.model
+        shapes = shape_labels(batch, "--shape-code")
+        logits = model.shape_coder.frame_logits(video)  # [B, K, 17, 8, 8]
+        targets = shape_code_targets(video, shapes, logits.shape[1])
+        weights = 1.0 + 9.0 * (targets.amax(dim=1, keepdim=True) > 0).float()
+        error = F.binary_cross_entropy_with_logits(logits, targets, weight=weights.expand_as(logits), reduction="sum")
+        error = error / weights.expand_as(logits).sum()
+        code = model.shape_coder.pool(logits).detach()
+        appearance = model.encode_appearance(video)
+        b = video.shape[0]
+        if self.args.unsure_shape:  # a share of the clips: the mean of the latents of the clip drawn as every shape
+            appearance = unsure_of_shape(model, appearance, batch, self.args.unsure_shape)
+        if self.args.latent_blur:  # the finest pattern, where the shape was, gone from a share of the clips
+            chosen_clips = (torch.rand(b, 1, 1, 1, 1, device=video.device) < self.args.latent_blur).float()
+            appearance = chosen_clips * finest_removed(appearance) + (1 - chosen_clips) * appearance
+        if self.args.latent_noise:
+            spread = appearance.detach().std(dim=(0, 2, 3, 4), keepdim=True)
+            sigma = self.args.latent_noise * torch.rand(b, 1, 1, 1, 1, device=video.device)
+            appearance = appearance + sigma * spread * torch.randn_like(appearance)
+        if self.args.code_noise:
+            code = code + self.args.code_noise * torch.rand(b, 1, 1, 1, 1, device=video.device) * torch.randn_like(code)
+        latent = torch.cat([appearance, code], dim=1)
+        chosen = random_frames(video, self.args.loss_frames or video.shape[2])
+        losses = reconstruction_loss(model.decode_raw(latent, chosen), video[:, :, chosen], edge=self.args.edge_weight,
+                                     pixel=self.args.pixel_loss, boost=self.args.object_boost, area=self.args.boost_area,
+                                     halo=self.args.halo_weight)
+        losses["loss"] = losses["loss"] + self.weight * error
+        with torch.no_grad():  # the code's vote in the object's cells: its largest channel against the true shape
+            pooled = causal_time_pool(targets, model.time)
+            cells = pooled.sum(dim=1) > 0.1
+            right = (code.argmax(dim=1) == shapes[:, None, None, None]) & cells
+            share = float(right.sum() / cells.sum().clamp(min=1))
+        self.stats.append((float(error.detach()), share))
+        return {**losses, "shape_code": error.detach()}
+
+    def report(self) -> str:
+        error, accuracy = np.mean(self.stats[-50:], axis=0) if self.stats else (float("nan"), float("nan"))
+        return f"shape code: cross-entropy {error:.4f}, right in {100 * accuracy:.1f}% of the object's cells"
+
+
 class GuessLoss:
     """``--decode-guesses NAME`` (chapter 8, "A decoder for the model's guesses"): draw the true clip from a guess.
 
@@ -607,7 +694,8 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
     model, config = build_autoencoder(args.modality, args.tiny, refine_width=args.refine_width,
                                       refine_depth=args.refine_depth, refine_hints=args.refine_hints,
                                       decoder_blocks=args.decoder_blocks, encoder_blocks=args.encoder_blocks,
-                                      shape_head=len(SHAPES) if args.shape_head else None)
+                                      shape_head=len(SHAPES) if args.shape_head else None,
+                                      shape_code=len(SHAPES) if getattr(args, "shape_code", 0) else None)
     if args.finetune_decoder and args.finetune:
         raise ValueError("--finetune-decoder (encoder frozen) and --finetune (both sides) exclude each other: pass one")
     if args.finetune_decoder or args.finetune:
@@ -636,12 +724,23 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
     if args.shape_head:
         if args.modality != "video":
             raise ValueError("--shape-head is for the video decoder (--modality video)")
-        if args.shape_alignment or args.latent_noise:
+        if args.shape_alignment or args.latent_noise or args.shape_code:
             raise ValueError("--shape-head does not combine with --shape-alignment or --latent-noise: one at a time")
         if companion:  # the critic's loss adds the head's term (--adversarial with --shape-head)
             companion.head_loss = ShapeHeadLoss(model, args)
         else:
             head_loss = ShapeHeadLoss(model, args)
+    if (args.latent_blur or args.unsure_shape) and not args.shape_code:
+        raise ValueError("--latent-blur and --unsure-shape take the shape from the latent so that the decoder reads the "
+                         "shape code: they need --shape-code")
+    if args.shape_code:
+        if args.modality != "video" or not args.finetune_decoder:
+            raise ValueError("--shape-code adds a code beside a trained encoder's latent: pass --modality video and "
+                             "--finetune-decoder STEM")
+        if companion or head_loss:
+            raise ValueError("--shape-code does not combine with --adversarial, --shape-alignment or --shape-head: "
+                             "one at a time")
+        head_loss = ShapeCodeLoss(model, args)
     guesses = None
     if args.decode_guesses:
         if args.modality != "video" or not args.finetune_decoder:
@@ -676,12 +775,12 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
 
 def optimiser_and_resume(model: nn.Module, args: argparse.Namespace, config: dict, steps: int):
     """AdamW over the trainable weights with warm-up + cosine; with ``--resume``, everything back from ``--out``."""
-    head = getattr(model, "shape_head", None)
-    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    fresh = [m for m in (getattr(model, name, None) for name in ("shape_head", "shape_coder", "code_inject")) if m is not None]
+    head_ids = {id(p) for m in fresh for p in m.parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     groups = [{"params": trainable}]
-    if head is not None:  # a fresh reader among trained layers: it learns at its own rate (--shape-head-lr)
-        groups.append({"params": list(head.parameters()), "lr": args.shape_head_lr or 10 * args.lr})
+    if fresh:  # a fresh reader (and the code's way in) among trained layers: its own rate (--shape-head-lr)
+        groups.append({"params": [p for m in fresh for p in m.parameters()], "lr": args.shape_head_lr or 10 * args.lr})
     optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     scheduler = warmup_cosine(optimizer, steps, args.warmup)
     step, loss_log = 0, []
@@ -838,7 +937,7 @@ def run_vocoder(args: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------------------------
 # AVDiT with MoNL (chapter 7)
 # ----------------------------------------------------------------------------------------------
-DECODING_SIDE = ("decoder.", "refine.", "inverter.")  # weights that do not change the latents
+DECODING_SIDE = ("decoder.", "refine.", "inverter.", "code_inject.")  # weights that do not change the latents
 
 
 def latent_cache_name(n_clips: int, folder: Path, kind: str = "train") -> Path:
@@ -946,12 +1045,39 @@ def avdit_step_batch(latents: dict[str, torch.Tensor], args, step: int, rank: in
     return index, grid, strategy, generator
 
 
-def warm_start(model: AVDiT, scaler: LatentScaler, stem: Path, config: AVDiTConfig) -> None:
+def widen_video_channels(state: dict, model: AVDiT, old_channels: int) -> dict:
+    """A pipeline state for ``old_channels`` video latent channels, fitted to ``model``'s wider latents.
+
+    A video patch is flattened channel first (``(c p1 p2)``), so the new channels' values are the
+    last columns of the video embedding and the last rows of the video head: the embedding's new
+    columns and the head's new rows start at zero (the network begins as the one it came from and
+    predicts zero for the new channels); the scaler's statistics get placeholders (refit them).
+    """
+    state, own = dict(state), model.state_dict()
+    for key in ("video_embed.weight", "final.video_head.weight", "final.video_head.bias", "video_self_embed.weight"):
+        name = f"avdit.{key}"
+        if name not in state:
+            continue
+        old, grown = state[name], torch.zeros_like(own[key])
+        if key.endswith("embed.weight"):
+            grown[:, :old.shape[1]] = old
+        else:
+            grown[:old.shape[0]] = old
+        state[name] = grown
+    channels = model.config.video_channels
+    state["scaler.video_mean"] = torch.cat([state["scaler.video_mean"], torch.zeros(channels - old_channels)])
+    state["scaler.video_std"] = torch.cat([state["scaler.video_std"], torch.ones(channels - old_channels)])
+    return state
+
+
+def warm_start(model: AVDiT, scaler: LatentScaler, stem: Path, config: AVDiTConfig, refit: bool = False) -> None:
     """``--init STEM``: start from a saved pipeline's (EMA) weights and keep its latent scaling.
 
     The optimiser and the learning-rate schedule start afresh: a second run with a new warm-up and
     cosine, on as many clips as this run is given. The network must be the same (preset, prediction),
-    except that ``--self-condition`` may add its two zero-initialised layers to a plain model.
+    except that ``--self-condition`` may add its two zero-initialised layers to a plain model, and
+    that video latents with more channels (an autoencoder with a shape code; ``refit``, i.e.
+    ``--refit-scaling``, required) widen its video embedding and head (:func:`widen_video_channels`).
     """
     state, meta = checkpoints.load_checkpoint(stem, train_hint="python -m avdit_mini.train avdit --out " + str(stem))
     stored = meta["config"].get("avdit", {})
@@ -961,13 +1087,22 @@ def warm_start(model: AVDiT, scaler: LatentScaler, stem: Path, config: AVDiTConf
         differing.remove("self_condition")
         state = dict(state)  # the new layers keep their zero start: the network begins as the one it came from
         state.update({f"avdit.{k}": v for k, v in model.state_dict().items() if "_self_embed." in k})
+    old_channels = stored.get("video_channels", config.video_channels)
+    widening = "video_channels" in differing and old_channels < config.video_channels
+    if widening:  # the latent gained channels (a shape code): the network reads and writes them from zero
+        if not refit:
+            raise ValueError(f"--init {stem} was trained on {old_channels}-channel video latents, these have "
+                             f"{config.video_channels}: pass --refit-scaling (the new channels need their own scaling)")
+        differing.remove("video_channels")
+        state = widen_video_channels(state, model, old_channels)
     if differing:
         raise ValueError(f"--init {stem}: its network differs from this run's in {differing}; "
                          "pass the --preset and --prediction it was trained with"
                          + (" (and --self-condition: it reads its own estimates)" if "self_condition" in differing else ""))
     load_pipeline_state(state, model, scaler)
     log(f"warm start from {stem} (step {meta.get('step', '?')} of its run): its weights and latent scaling"
-        + (", with self-conditioning's layers added at zero" if adding_self_condition else ""))
+        + (", with self-conditioning's layers added at zero" if adding_self_condition else "")
+        + (f", its video latents widened from {old_channels} to {config.video_channels} channels" if widening else ""))
 
 
 # what a training state saved before these flags existed was trained with (other settings: not checked for it)
@@ -1012,7 +1147,7 @@ def run_avdit(args: argparse.Namespace) -> dict:
     if args.refit_scaling and not args.init:
         raise ValueError("--refit-scaling is for a warm start (--init STEM); without one the scaling is fitted anyway")
     if args.init:
-        warm_start(model, scaler, Path(args.init), config)  # its weights and its latent scaling
+        warm_start(model, scaler, Path(args.init), config, refit=args.refit_scaling)  # its weights and latent scaling
     if args.refit_scaling and scaler.high_frequency_gain.item() != 1.0:
         raise ValueError(f"--refit-scaling: {args.init} emphasises its latents' fine frequencies; refit from a plain model")
     if not args.init or args.refit_scaling:
@@ -1416,9 +1551,24 @@ def build_parser() -> argparse.ArgumentParser:
                                   "cross-entropy in each latent cell the object covers; its guess is the decoder's "
                                   "hint (with --finetune-decoder it starts as the identity; chapter 3)")
     autoencoder.add_argument("--shape-head-lr", type=float, default=None, metavar="LR",
-                             help="video: the shape head's learning rate (default: 10 x --lr; it starts afresh)")
+                             help="video: the shape head's (or shape coder's) learning rate (default: 10 x --lr; it "
+                                  "starts afresh)")
     autoencoder.add_argument("--alignment-scale", type=float, default=4.0,
                              help="video: the read-out's logit scale over the standardised latent (ShapeReadout)")
+    autoencoder.add_argument("--shape-code", type=float, default=0.0, metavar="W",
+                             help="video, with --finetune-decoder: add the encoder's shape code (ShapeCoder: per cell, "
+                                  "how much of it each shape covers) to the latent, trained with + W x its error against "
+                                  "the world's drawing; the decoder learns to draw from it (chapter 3)")
+    autoencoder.add_argument("--unsure-shape", type=float, default=0.0, metavar="P",
+                             help="--shape-code: the share of clips whose latent channels are replaced by the mean of "
+                                  "the clip's latents drawn with each shape (where it is, not what shape): the decoder "
+                                  "must take the shape from the code")
+    autoencoder.add_argument("--latent-blur", type=float, default=0.0, metavar="P",
+                             help="--shape-code: the share of clips whose latent channels (not the code) lose their "
+                                  "finest spatial pattern before the decoder sees them (where the shape was)")
+    autoencoder.add_argument("--code-noise", type=float, default=0.1,
+                             help="--shape-code: the decoder sees the code plus Gaussian noise of a standard deviation "
+                                  "drawn per clip from U(0, this) (a diffusion model's code is a little off too)")
     add_common_arguments(autoencoder)
     autoencoder.set_defaults(run=run_autoencoder)
     vocoder = commands.add_parser("vocoder", help="train the mel -> linear spectrogram post-net before Griffin-Lim (chapter 2)")

@@ -38,7 +38,7 @@ from .config import Geometry
 class VideoAEConfig:
     """Video autoencoder shape (stored in the checkpoint's json)."""
 
-    latent_channels: int = 8  # C_v
+    latent_channels: int = 8  # the encoder's own channels (C_v, unless a shape code adds its own)
     patch: int = 4  # tubelet size in space (the tubelet is time_down x patch x patch)
     widths: tuple[int, int] = (192, 384)  # features at 16 x 16 (tubelets) and at 8 x 8 (latent grid)
     decoder_time_kernel: int = 2  # latent frames the decoder's first convolution sees (1: none of the past)
@@ -49,10 +49,16 @@ class VideoAEConfig:
     decoder_blocks: int = 0  # residual 3 x 3 blocks on the 8 x 8 latent grid before the decoder draws (LatentBlock)
     encoder_blocks: int = 0  # residual bottleneck blocks on the 8 x 8 grid before the encoder's read-out (EncoderBlock)
     shape_head: int = 0  # classes of the decoder's own shape reader (ShapeHead; 0: none)
+    shape_code: int = 0  # latent channels the encoder adds for "how much of this cell is each shape" (ShapeCoder; 0: none)
+
+    @property
+    def channels(self) -> int:
+        """C_v: the latent's channels, the appearance's and the shape code's."""
+        return self.latent_channels + self.shape_code
 
     def to_dict(self) -> dict:
         values = asdict(self)
-        for key in ("encoder_blocks", "shape_head"):  # left out at 0: the configs stored before they existed still match
+        for key in ("encoder_blocks", "shape_head", "shape_code"):  # left out at 0: the configs stored before they existed still match
             if not values[key]:
                 del values[key]
         return values
@@ -243,6 +249,57 @@ class ShapeHead(nn.Module):
         return self.inject(logits.softmax(dim=1))
 
 
+class ShapeCoder(nn.Module):
+    """The encoder's shape code: in each latent cell, how much of it each shape covers (chapter 3, "A latent that names its shape").
+
+    Every earlier attempt left the shape where the autoencoder put it: a quiet pattern at the latent
+    grid's finest frequency, which a diffusion model does not learn to draw. This module writes it
+    loudly instead. A small CNN looks at each frame alone (three strided 4 x 4 convolutions: 64 -> 8,
+    then a 3 x 3 one; a 38-pixel view) and gives, for every cell of the 8 x 8 grid, one number per
+    shape: the share of the cell that a circle, a square or a triangle covers (a sigmoid, trained
+    against the world's drawing; :func:`shape_code_targets`). The frames' shares are averaged over
+    each latent frame's causal group (frame 0 alone, then groups of 4), so the code is causal as the
+    rest of the latent is. The result, ``classes`` channels of [5, 8, 8], is appended to the latent:
+    zero where there is no object, and in the object's cells a value that says its shape -- a coarse,
+    loud pattern, like the colour's. The labels are needed only to train it; at encoding time it reads pixels.
+    """
+
+    def __init__(self, classes: int = 3, width: int = 32, time: int = 4):
+        super().__init__()
+        self.time = time
+        self.net = nn.Sequential(
+            nn.Conv2d(3, width // 2, 4, stride=2, padding=1), nn.SiLU(),  # 64 -> 32
+            nn.Conv2d(width // 2, width, 4, stride=2, padding=1), nn.SiLU(),  # 32 -> 16
+            nn.Conv2d(width, width, 4, stride=2, padding=1), nn.SiLU(),  # 16 -> 8
+            nn.Conv2d(width, classes, 3, padding=1),
+        )
+
+    def frame_logits(self, video: torch.Tensor) -> torch.Tensor:
+        """Video [B, 3, T, 64, 64] in [0, 1] -> each frame's per-cell, per-shape coverage logits [B, K, T, 8, 8]."""
+        b, c, t, h, w = video.shape
+        frames = (video * 2.0 - 1.0).transpose(1, 2).reshape(b * t, c, h, w)
+        logits = self.net(frames)
+        return logits.reshape(b, t, *logits.shape[1:]).transpose(1, 2)
+
+    def pool(self, frame_logits: torch.Tensor) -> torch.Tensor:
+        """Frame logits -> the code [B, K, 5, 8, 8]: the frames' coverage shares averaged per causal time group."""
+        return causal_time_pool(torch.sigmoid(frame_logits), self.time)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.frame_logits(video))
+
+
+def shape_code_targets(video: torch.Tensor, shapes: torch.Tensor, classes: int = 3, threshold: float = 0.05,
+                       space: int = 8) -> torch.Tensor:
+    """What :class:`ShapeCoder` learns: each frame's per-cell share covered by the object, in its shape's channel.
+
+    ``video`` [B, 3, T, H, W], ``shapes`` [B] class indices -> [B, K, T, H / space, W / space].
+    """
+    covered = F.avg_pool3d(object_mask(video, threshold), (1, space, space))  # [B, 1, T, 8, 8]
+    one_hot = F.one_hot(shapes, classes).to(covered.dtype)[:, :, None, None, None]  # [B, K, 1, 1, 1]
+    return covered * one_hot
+
+
 # ----------------------------------------------------------------------------------------------
 # The autoencoder
 # ----------------------------------------------------------------------------------------------
@@ -285,6 +342,12 @@ class VideoAutoencoder(nn.Module):
         # before the encoder's last SiLU and read-out (kept apart, so a trained encoder's weights keep their names)
         self.encoder_trunk = nn.Sequential(*[EncoderBlock(w2) for _ in range(c.encoder_blocks)])
         self.shape_head = ShapeHead(c.latent_channels, w2, c.shape_head, time_kernel=c.decoder_time_kernel) if c.shape_head else None
+        self.shape_coder = ShapeCoder(c.shape_code, time=self.time) if c.shape_code else None
+        self.code_inject = None
+        if c.shape_code:  # the code enters the decoder's first features through a convolution that starts at zero
+            self.code_inject = CausalConv3d(c.shape_code, w2, 1, 3)
+            nn.init.zeros_(self.code_inject.conv.weight)
+            nn.init.zeros_(self.code_inject.conv.bias)
 
     def _check_video(self, video: torch.Tensor) -> None:
         g = self.geometry
@@ -294,7 +357,14 @@ class VideoAutoencoder(nn.Module):
                              f"{list(video.shape)}; a single clip needs a batch axis: video[None]")
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """Video [B, 3, 17, 64, 64] in [0, 1] -> latent [B, C_v, 5, 8, 8]."""
+        """Video [B, 3, 17, 64, 64] in [0, 1] -> latent [B, C_v, 5, 8, 8] (with a shape code: its channels last)."""
+        latent = self.encode_appearance(video)
+        if self.shape_coder is None:
+            return latent
+        return torch.cat([latent, self.shape_coder(video)], dim=1)
+
+    def encode_appearance(self, video: torch.Tensor) -> torch.Tensor:
+        """The encoder's own latent, without a shape code: [B, latent_channels, 5, 8, 8]."""
         self._check_video(video)
         features = self.encoder[:-2](tubelets(video * 2.0 - 1.0, self.time, self.config.patch))  # [B, w2, 5, 8, 8]
         return self.encoder[-2:](self.encoder_trunk(features))  # the trunk is empty unless encoder_blocks
@@ -307,10 +377,15 @@ class VideoAutoencoder(nn.Module):
         them (up to the normalisation by those frames' object weights) at a fraction of the cost.
         """
         g, c = self.geometry, self.config
-        expected = (c.latent_channels, g.video_latent_frames, *g.video_latent_hw)
+        expected = (c.channels, g.video_latent_frames, *g.video_latent_hw)
         if latent.ndim != 5 or tuple(latent.shape[1:]) != expected:
             raise ValueError(f"expected a video latent [B, {', '.join(map(str, expected))}], got {list(latent.shape)}")
+        code = None
+        if self.code_inject is not None:  # the shape code: its own channels, its own way in
+            latent, code = latent[:, :c.latent_channels], latent[:, c.latent_channels:]
         features = self.decoder[0](latent)  # [B, w2, 5, 8, 8]
+        if code is not None:
+            features = features + self.code_inject(code)
         if self.shape_head is not None:  # the decoder's own reader says the shape in every cell
             features = features + self.shape_head.hint(self.shape_head(latent))
         features = self.trunk(features)  # empty unless decoder_blocks

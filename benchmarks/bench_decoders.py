@@ -9,7 +9,9 @@ decodes the same latents of ``--clips`` held-out ``val`` clips. For each: PSNR, 
 the shape probe's confusion table and the median fill ratio by true shape (originals: 1 for a square,
 pi/4 for a circle, about 0.57 for a triangle) and how many of each shape and size the probe names right, next to the shipped decoder's.
 A decoder with its own shape reader (``--shape-head``) also says what that reader votes, each latent cell weighed by
-the object's share of it. (For a diffusion model's generated latents,
+the object's share of it. An autoencoder with a shape code (``--shape-code``) decodes the shipped latents with its own
+code beside them, and says what its code votes and whether it draws what the code says when the code is moved to
+another shape. (For a diffusion model's generated latents,
 ``bench_shape.py --load-latents FILE --video-ae STEM``.) The command that trained each decoder, and its steps, come from its checkpoint.
 """
 
@@ -69,8 +71,36 @@ def small_object_parts(videos, factors: list[dict]) -> dict[str, dict[str, float
     return {s: dict(zip(("area", "width", "height"), np.mean(v, axis=0).round(3).tolist())) for s, v in parts.items() if v}
 
 
+def with_code(model: torch.nn.Module, latents: torch.Tensor, videos: torch.Tensor) -> torch.Tensor:
+    """The shipped encoder's ``latents``, plus ``model``'s shape code of ``videos`` where it has one (``--shape-code``)."""
+    if getattr(model, "shape_coder", None) is None:
+        return latents
+    with torch.no_grad():
+        code = torch.cat([model.shape_coder(v) for v in videos.split(25)])
+    return torch.cat([latents, code], dim=1)
+
+
+def code_scores(model: torch.nn.Module, latents: torch.Tensor, factors: list[dict]) -> dict:
+    """A shape code's vote (its channels summed over the clip: the largest names the shape) and whether the decoder
+    draws what the code says: each clip decoded with its code moved to the next shape's channel (circle -> square ->
+    triangle -> circle), its own latent channels untouched; the share the probe then reads as that next shape."""
+    channels = model.config.latent_channels
+    code = latents[:, channels:]
+    votes = [SHAPES[i] for i in code.sum(dim=(2, 3, 4)).argmax(dim=1).tolist()]
+    swapped = torch.cat([latents[:, :channels], code.roll(1, dims=1)], dim=1)
+    with torch.no_grad():
+        decoded = torch.cat([model.decode(z) for z in swapped.split(25)])
+    drawn = [probes.measure_video(v)["shape"] for v in decoded]
+    wanted = [SHAPES[(SHAPES.index(f["shape"]) + 1) % len(SHAPES)] for f in factors]
+    return {"shape_code_vote": float(np.mean([v == f["shape"] for v, f in zip(votes, factors)])),
+            "code_swapped_drawn_as_the_code_says": float(np.mean([d == w for d, w in zip(drawn, wanted)])),
+            "code_swapped_right_by_true_size": right_by_shape_and_size(
+                [{**f, "shape": w} for f, w in zip(factors, wanted)], drawn)}
+
+
 def score(model: torch.nn.Module, latents: torch.Tensor, videos: torch.Tensor, factors: list[dict]) -> dict:
     """PSNR, the video probes, the shape confusion (rows: true shape) and fill ratios of ``model``'s decodings."""
+    latents = with_code(model, latents, videos)
     with torch.no_grad():
         decoded = torch.cat([model.decode(z) for z in latents.split(25)])
     confusion = np.zeros((len(SHAPES), len(SHAPES)), dtype=int)
@@ -93,6 +123,8 @@ def score(model: torch.nn.Module, latents: torch.Tensor, videos: torch.Tensor, f
         head_calls = [SHAPES[i] for i in votes.tolist()]
         head = {"shape_head_vote": float(np.mean([c == f["shape"] for c, f in zip(head_calls, factors)])),
                 "shape_head_right_by_true_size": right_by_shape_and_size(factors, head_calls)}
+    if getattr(model, "shape_coder", None) is not None:
+        head.update(code_scores(model, latents, factors))
     return {
         **head,
         "psnr_db": float(psnr(decoded, videos).mean()),

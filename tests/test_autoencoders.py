@@ -316,3 +316,40 @@ def test_shape_head_starts_as_the_identity_stays_causal_and_learns_the_shape():
         error.backward()
         optimizer.step()
     assert error.item() < 0.1 * first
+
+
+def test_shape_code_is_causal_says_the_shape_and_starts_as_the_identity():
+    """The encoder's shape code (``shape_code``): appended to the latent as its last channels; the code of latent
+    frame k sees frame k's causal group only; added to a trained decoder it changes nothing until the decoder learns
+    to read it; its training target puts each frame's per-cell coverage into the shape's channel."""
+    from avdit_mini.data import SHAPES, WorldDataset
+    from avdit_mini.video_ae import shape_code_targets
+
+    torch.manual_seed(0)
+    coded = VideoAutoencoder(replace(TINY_VIDEO_CONFIG, shape_code=3)).eval()
+    plain = VideoAutoencoder(TINY_VIDEO_CONFIG).eval()
+    own = {k: v for k, v in coded.state_dict().items() if not k.startswith(("shape_coder.", "code_inject."))}
+    plain.load_state_dict(own)
+    assert "shape_code" not in plain.config.to_dict() and coded.config.to_dict()["shape_code"] == 3
+    assert coded.config.channels == 11 and plain.config.channels == 8
+    video = torch.rand(1, 3, 17, 64, 64)
+    with torch.no_grad():
+        latent = coded.encode(video)
+        assert latent.shape == (1, 11, 5, 8, 8)
+        assert torch.equal(latent[:, :8], plain.encode(video))                 # the encoder's own channels untouched
+        assert latent[:, 8:].min() >= 0 and latent[:, 8:].max() <= 1             # shares of a cell
+        assert torch.equal(coded.decode(latent), plain.decode(latent[:, :8]))    # the code's way in starts at zero
+        changed = video.clone()
+        changed[:, :, 5] = torch.rand(3, 64, 64)
+        delta = (coded.encode(video) - coded.encode(changed))[:, 8:].abs().amax(dim=(0, 1, 3, 4))
+    assert torch.all(delta[:2] == 0) and delta[2] > 0 and torch.all(delta[3:] == 0)  # frame 5 is in latent frame 2
+    with pytest.raises(ValueError, match=r"\[B, 11, 5, 8, 8\]"):
+        coded.decode(torch.zeros(1, 8, 5, 8, 8))
+    # the target: the object's coverage of each cell, in its shape's channel, zero in the others
+    clip = WorldDataset(1, "val")[0]
+    shape = torch.tensor([SHAPES.index(clip["factors"]["shape"])])
+    target = shape_code_targets(clip["video"][None], shape)
+    assert target.shape == (1, 3, 17, 8, 8)
+    others = [k for k in range(3) if k != int(shape)]
+    assert target[0, others].max() == 0 and 0 < target[0, int(shape)].max() <= 1
+    assert target[0, int(shape)].sum(dim=(-2, -1)).min() > 0                   # the object is in every frame

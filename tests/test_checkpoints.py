@@ -433,6 +433,53 @@ def test_shape_head_finetunes_the_decoder_only_and_resumes_exactly(tmp_path):
               "--eval-clips", "0", "--out", str(tmp_path / "audio")])
 
 
+def test_shape_code_trains_the_coder_and_decoder_and_resumes_exactly(tmp_path):
+    """--finetune-decoder STEM --shape-code W: the encoder gains its shape code (trained with the world's drawing), the
+    decoder learns to read it; the encoder's own weights stay bit for bit; a resume is exact; the latents it encodes
+    have 8 + 3 channels; it is refused for audio, without --finetune-decoder, and beside a shape head."""
+    common = ["autoencoder", "--modality", "video", "--tiny", "--batch-size", "2", "--warmup", "1",
+              "--eval-clips", "0", "--no-manifest", "--threads", "1"]
+    main(common + ["--steps", "2", "--out", str(tmp_path / "base")])
+    coded = common + ["--steps", "4", "--finetune-decoder", str(tmp_path / "base"), "--shape-code", "1",
+                      "--latent-noise", "0.5", "--latent-blur", "0.5", "--unsure-shape", "0.5",
+                      "--loss-frames", "3"]
+    a = _run_split_and_whole(tmp_path, coded, None)
+    assert json.loads((tmp_path / "full.json").read_text())["config"]["model"]["shape_code"] == 3
+    base, _ = checkpoints.load_checkpoint(tmp_path / "base")
+    assert all(torch.equal(base[k], a[k]) for k in base if k.startswith("encoder."))
+    assert not torch.equal(a["code_inject.conv.weight"], torch.zeros_like(a["code_inject.conv.weight"]))
+    from avdit_mini.pipeline import load_autoencoder
+    model = load_autoencoder("video", tmp_path, name="full")
+    with torch.no_grad():
+        latent = model.encode(torch.rand(1, 3, 17, 64, 64))
+    assert latent.shape == (1, 11, 5, 8, 8) and model.decode(latent).shape == (1, 3, 17, 64, 64)
+    with pytest.raises(ValueError, match="--finetune-decoder"):
+        main(common + ["--steps", "1", "--shape-code", "1", "--out", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="one at a time"):
+        main(coded + ["--shape-head", "0.1", "--out", str(tmp_path / "y")])
+    with pytest.raises(ValueError, match="need --shape-code"):
+        main(common + ["--steps", "1", "--finetune-decoder", str(tmp_path / "base"), "--latent-blur", "0.5",
+                       "--out", str(tmp_path / "z")])
+    # a latent unsure of its shape: the mean of the clip's latents drawn with each shape, for the chosen clips only
+    from avdit_mini.data import SHAPES, World, WorldDataset, collate
+    from avdit_mini.train import unsure_of_shape
+    batch = collate([WorldDataset(2, "train")[i] for i in range(2)])
+    with torch.no_grad():
+        own = model.encode_appearance(batch["video"])
+        torch.manual_seed(0)
+        unsure = unsure_of_shape(model, own, batch, 1.0)
+        drawn = torch.stack([model.encode_appearance(World().redraw(batch["factors"][0], s)[None])[0] for s in SHAPES])
+    assert torch.allclose(unsure[0], drawn.mean(dim=0), atol=1e-5) and not torch.allclose(unsure[0], own[0])
+    assert torch.equal(unsure_of_shape(model, own, batch, 0.0), own)
+    # the blur: a channel's mean passes, the finest pattern (a checkerboard over the 8 x 8 grid) does not
+    from avdit_mini.train import finest_removed
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 2.0 - 1.0
+    latent = 3.0 + torch.zeros(1, 2, 5, 8, 8) + checker
+    blurred = finest_removed(latent)
+    assert torch.allclose(blurred[..., 1:-1, 1:-1], torch.full_like(blurred[..., 1:-1, 1:-1], 3.0), atol=1e-6)
+    assert torch.allclose(finest_removed(torch.full((1, 1, 1, 8, 8), 2.0)), torch.full((1, 1, 1, 8, 8), 2.0))
+
+
 def test_decode_guesses_teaches_the_decoder_a_diffusion_models_guesses(tmp_path):
     """--decode-guesses NAME: a share of each batch is decoded from avdit_NAME's one-step guess of its latent (its steps
     squeezed into 1..--guess-max-step), the rest from the true latent; the encoder stays bit for bit; a resume is exact;

@@ -115,3 +115,28 @@ def test_the_summary_counts_the_timbres_heard_for_each_true_shape():
     assert sum(n for row in counts.values() for n in row.values()) == 2
     assert summary["audio_shape"] == 0.5 and "heard_shape" not in summary
     assert "timbre_counts" not in summarise([score_clip(TASKS["a2v"], clip.video, clip.audio, _item(clip))])  # no audio made
+
+
+def test_code_votes_read_the_generated_shape_code():
+    """With a shape code in the video latent (train autoencoder --shape-code), each generated clip's code names a shape:
+    its channels summed over the generated latent frames only; a plain autoencoder has no vote."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from avdit_mini.latents import LatentScaler
+    from avdit_mini.metrics import code_votes
+    from avdit_mini.tasks import Latents
+    from avdit_mini.video_ae import TINY_VIDEO_CONFIG, VideoAutoencoder
+
+    coded = VideoAutoencoder(replace(TINY_VIDEO_CONFIG, shape_code=3))
+    scaler = LatentScaler(11, 8)
+    video = torch.zeros(2, 11, 5, 8, 8)
+    video[0, 8 + 1, 2:] = 0.5   # clip 0: a square in the generated frames
+    video[0, 8 + 2, :2] = 9.0   # ... and a triangle in the given ones, which must not vote
+    video[1, 8 + 2, 3, 4, 4] = 0.3
+    pattern = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]])
+    pipeline = SimpleNamespace(video_ae=coded, scaler=scaler)
+    assert code_votes(pipeline, Latents(video, torch.zeros(2, 8, 34)), pattern) == ["square", "triangle"]
+    assert code_votes(pipeline, Latents(video, torch.zeros(2, 8, 34)), torch.ones(2, 5, dtype=torch.long)) == []
+    plain = SimpleNamespace(video_ae=VideoAutoencoder(TINY_VIDEO_CONFIG), scaler=LatentScaler())
+    assert code_votes(plain, Latents(video[:, :8], torch.zeros(2, 8, 34)), pattern) == []

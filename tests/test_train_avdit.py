@@ -189,6 +189,41 @@ def test_refit_scaling_warm_starts_the_network_on_other_latents(workspace):
         train(folder, other, folder / "avdit_y", "--steps", "1", "--refit-scaling")
 
 
+def test_a_warm_start_widens_to_latents_with_a_shape_code(workspace):
+    """--init STEM on video latents with more channels (an autoencoder with a shape code): the network starts as the
+    one it came from on the old channels, predicts zero for the new ones, and needs --refit-scaling."""
+    from avdit_mini.avdit import AVDiT
+    from avdit_mini.latents import LatentScaler
+    from avdit_mini.train import widen_video_channels
+
+    folder, latents = workspace
+    train(folder, latents, folder / "avdit_narrow", "--steps", "2")
+    wider = folder / "latents_coded.safetensors"
+    g = torch.Generator().manual_seed(3)
+    save_file({"video": torch.randn(16, 11, 5, 8, 8, generator=g), "audio": torch.randn(16, 8, 34, generator=g)}, str(wider))
+    with pytest.raises(ValueError, match="--refit-scaling"):
+        train(folder, wider, folder / "avdit_w", "--steps", "1", "--init", str(folder / "avdit_narrow"))
+    train(folder, wider, folder / "avdit_wide", "--steps", "2", "--init", str(folder / "avdit_narrow"), "--refit-scaling")
+    stored = json.loads((folder / "avdit_wide.json").read_text())["config"]["avdit"]
+    assert stored["video_channels"] == 11
+    narrow = load_pipeline("narrow", folder)
+    from avdit_mini.checkpoints import load_checkpoint
+    state, _ = load_checkpoint(folder / "avdit_narrow")
+    wide = AVDiT(narrow.avdit.config.__class__(**{**narrow.avdit.config.__dict__, "video_channels": 11})).eval()
+    scaler = LatentScaler(11, 8)
+    grown = widen_video_channels(state, wide, 8)
+    wide.load_state_dict({k[len("avdit."):]: v for k, v in grown.items() if k.startswith("avdit.")})
+    scaler.load_state_dict({k[len("scaler."):]: v for k, v in grown.items() if k.startswith("scaler.")}, strict=False)
+    video, audio = torch.randn(2, 11, 5, 8, 8), torch.randn(2, 8, 34)
+    t = torch.randint(0, 1000, (2, 2, 5))
+    with torch.no_grad():
+        old_v, old_a = narrow.avdit(video[:, :8], audio, t)
+        new_v, new_a = wide(video, audio, t)
+    assert torch.allclose(new_v[:, :8], old_v, atol=1e-5) and torch.allclose(new_a, old_a, atol=1e-5)
+    assert torch.equal(new_v[:, 8:], torch.zeros_like(new_v[:, 8:]))
+    assert scaler.video_std.tolist()[8:] == [1.0, 1.0, 1.0]
+
+
 def test_self_condition_warm_starts_a_plain_model_and_resumes_exactly(workspace):
     """--self-condition with --init: the plain network's weights, the new layers at zero (so the first step's loss
     is the plain warm start's), an exact resume, the flag in the stored configs; the model loads self-conditioned."""
