@@ -11,7 +11,7 @@ pi/4 for a circle, about 0.57 for a triangle) and how many of each shape and siz
 A decoder with its own shape reader (``--shape-head``) also says what that reader votes, each latent cell weighed by
 the object's share of it. An autoencoder with a shape code (``--shape-code``) decodes the shipped latents with its own
 code beside them, and says what its code votes and whether it draws what the code says when the code is moved to
-another shape. (For a diffusion model's generated latents,
+another shape, and from a latent unsure of its shape (the mean of the clip's three drawings' latents) with the code. (For a diffusion model's generated latents,
 ``bench_shape.py --load-latents FILE --video-ae STEM``.) The command that trained each decoder, and its steps, come from its checkpoint.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from avdit_mini import checkpoints, probes
-from avdit_mini.data import SHAPES, SIZES
+from avdit_mini.data import SHAPES, SIZES, World
 from avdit_mini.pipeline import load_autoencoder
 from avdit_mini.train import val_batches
 from avdit_mini.video_ae import object_cells, psnr
@@ -80,22 +80,41 @@ def with_code(model: torch.nn.Module, latents: torch.Tensor, videos: torch.Tenso
     return torch.cat([latents, code], dim=1)
 
 
+def unsure_latents(model: torch.nn.Module, factors: list[dict]) -> torch.Tensor:
+    """Each clip's latent unsure of its shape: the mean of ``model``'s encoder's latents of the clip drawn with each
+    shape (``World.redraw``; ``train.unsure_of_shape``): where the object is and its colour, not its shape."""
+    world, means = World(), []
+    with torch.no_grad():
+        for f in factors:
+            drawings = torch.stack([world.redraw(f, s) for s in SHAPES])
+            means.append(model.encode_appearance(drawings).mean(dim=0))
+    return torch.stack(means)
+
+
 def code_scores(model: torch.nn.Module, latents: torch.Tensor, factors: list[dict]) -> dict:
     """A shape code's vote (its channels summed over the clip: the largest names the shape) and whether the decoder
-    draws what the code says: each clip decoded with its code moved to the next shape's channel (circle -> square ->
-    triangle -> circle), its own latent channels untouched; the share the probe then reads as that next shape."""
+    draws what the code says: (1) each clip decoded with its code moved to the next shape's channel (circle -> square
+    -> triangle -> circle), its own latent channels untouched: the share the probe then reads as that next shape;
+    (2) the latent channels replaced by the mean of the clip's three drawings' (:func:`unsure_latents`), the code
+    its own, then moved on: the shares the probe reads as the code says."""
     channels = model.config.latent_channels
     code = latents[:, channels:]
     votes = [SHAPES[i] for i in code.sum(dim=(2, 3, 4)).argmax(dim=1).tolist()]
-    swapped = torch.cat([latents[:, :channels], code.roll(1, dims=1)], dim=1)
-    with torch.no_grad():
-        decoded = torch.cat([model.decode(z) for z in swapped.split(25)])
-    drawn = [probes.measure_video(v)["shape"] for v in decoded]
+    unsure = unsure_latents(model, factors)
     wanted = [SHAPES[(SHAPES.index(f["shape"]) + 1) % len(SHAPES)] for f in factors]
-    return {"shape_code_vote": float(np.mean([v == f["shape"] for v, f in zip(votes, factors)])),
-            "code_swapped_drawn_as_the_code_says": float(np.mean([d == w for d, w in zip(drawn, wanted)])),
-            "code_swapped_right_by_true_size": right_by_shape_and_size(
-                [{**f, "shape": w} for f, w in zip(factors, wanted)], drawn)}
+    result = {"shape_code_vote": float(np.mean([v == f["shape"] for v, f in zip(votes, factors)]))}
+    for name, appearance, shift, truth in (("code_swapped", latents[:, :channels], 1, wanted),
+                                           ("unsure_own_code", unsure, 0, [f["shape"] for f in factors]),
+                                           ("unsure_code_swapped", unsure, 1, wanted)):
+        edited = torch.cat([appearance, code.roll(shift, dims=1)], dim=1)
+        with torch.no_grad():
+            decoded = torch.cat([model.decode(z) for z in edited.split(25)])
+        drawn = [probes.measure_video(v)["shape"] for v in decoded]
+        result[f"{name}_drawn_as_the_code_says"] = float(np.mean([d == w for d, w in zip(drawn, truth)]))
+        result[f"{name}_right_by_true_size"] = right_by_shape_and_size([{**f, "shape": w} for f, w in zip(factors, truth)],
+                                                                       drawn)
+        result[f"{name}_drawn"] = {s: drawn.count(s) for s in SHAPES}
+    return result
 
 
 def score(model: torch.nn.Module, latents: torch.Tensor, videos: torch.Tensor, factors: list[dict]) -> dict:
