@@ -497,7 +497,7 @@ def unsure_of_shape(model: nn.Module, appearance: torch.Tensor, batch: dict, sha
 
 
 class ShapeCodeLoss:
-    """``--shape-code W`` (chapter 3, "A latent that names its shape"): the encoder's :class:`ShapeCoder` and a decoder that reads it.
+    """``--shape-code W`` (chapter 7, "A code that names the shape"): the encoder's :class:`ShapeCoder` and a decoder that reads it.
 
     The loss of a batch is the reconstruction loss from the latent -- the frozen encoder's channels,
     with ``--latent-noise`` (which makes their quiet pattern an unreliable witness of the shape, so
@@ -1558,7 +1558,7 @@ def build_parser() -> argparse.ArgumentParser:
     autoencoder.add_argument("--shape-code", type=float, default=0.0, metavar="W",
                              help="video, with --finetune-decoder: add the encoder's shape code (ShapeCoder: per cell, "
                                   "how much of it each shape covers) to the latent, trained with + W x its error against "
-                                  "the world's drawing; the decoder learns to draw from it (chapter 3)")
+                                  "the world's drawing; the decoder learns to draw from it (chapter 7)")
     autoencoder.add_argument("--unsure-shape", type=float, default=0.0, metavar="P",
                              help="--shape-code: the share of clips whose latent channels are replaced by the mean of "
                                   "the clip's latents drawn with each shape (where it is, not what shape): the decoder "

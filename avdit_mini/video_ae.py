@@ -250,7 +250,7 @@ class ShapeHead(nn.Module):
 
 
 class ShapeCoder(nn.Module):
-    """The encoder's shape code: in each latent cell, how much of it each shape covers (chapter 3, "A latent that names its shape").
+    """The encoder's shape code: in each latent cell, how much of it each shape covers (chapter 7, "A code that names the shape").
 
     Every earlier attempt left the shape where the autoencoder put it: a quiet pattern at the latent
     grid's finest frequency, which a diffusion model does not learn to draw. This module writes it
