@@ -740,6 +740,10 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
         if companion or head_loss:
             raise ValueError("--shape-code does not combine with --adversarial, --shape-alignment or --shape-head: "
                              "one at a time")
+        stored = load_file(str(checkpoints.checkpoint_paths(Path(args.finetune_decoder))["weights"]))
+        if any(k.startswith("shape_coder.") for k in stored) and not args.train_coder:
+            model.shape_coder.requires_grad_(False)  # its code is part of the latents: keep them (--train-coder: not)
+            log(f"the shape coder of {args.finetune_decoder} is kept as it is (frozen): the latents do not change")
         head_loss = ShapeCodeLoss(model, args)
     guesses = None
     if args.decode_guesses:
@@ -1566,6 +1570,9 @@ def build_parser() -> argparse.ArgumentParser:
     autoencoder.add_argument("--latent-blur", type=float, default=0.0, metavar="P",
                              help="--shape-code: the share of clips whose latent channels (not the code) lose their "
                                   "finest spatial pattern before the decoder sees them (where the shape was)")
+    autoencoder.add_argument("--train-coder", action="store_true",
+                             help="--shape-code from a checkpoint that has a shape coder: keep training it (by default "
+                                  "it is frozen, so that the latents, and a model trained on them, stay valid)")
     autoencoder.add_argument("--code-noise", type=float, default=0.1,
                              help="--shape-code: the decoder sees the code plus Gaussian noise of a standard deviation "
                                   "drawn per clip from U(0, this) (a diffusion model's code is a little off too)")

@@ -453,6 +453,16 @@ def test_shape_code_trains_the_coder_and_decoder_and_resumes_exactly(tmp_path):
     with torch.no_grad():
         latent = model.encode(torch.rand(1, 3, 17, 64, 64))
     assert latent.shape == (1, 11, 5, 8, 8) and model.decode(latent).shape == (1, 3, 17, 64, 64)
+    # a second fine-tune keeps the coder (its code is part of the latents) unless told to train it
+    main(common + ["--steps", "2", "--finetune-decoder", str(tmp_path / "full"), "--shape-code", "1", "--unsure-shape", "0.5",
+                   "--out", str(tmp_path / "again")])
+    again, _ = checkpoints.load_checkpoint(tmp_path / "again")
+    assert all(torch.equal(a[k], again[k]) for k in a if k.startswith(("encoder.", "shape_coder.")))
+    assert any(not torch.equal(a[k], again[k]) for k in a if k.startswith("decoder."))
+    main(common + ["--steps", "2", "--finetune-decoder", str(tmp_path / "full"), "--shape-code", "1", "--train-coder",
+                   "--out", str(tmp_path / "retrained")])
+    retrained, _ = checkpoints.load_checkpoint(tmp_path / "retrained")
+    assert any(not torch.equal(a[k], retrained[k]) for k in a if k.startswith("shape_coder."))
     with pytest.raises(ValueError, match="--finetune-decoder"):
         main(common + ["--steps", "1", "--shape-code", "1", "--out", str(tmp_path / "x")])
     with pytest.raises(ValueError, match="one at a time"):
