@@ -158,8 +158,8 @@ def code_votes(pipeline, latents, task_pattern: torch.Tensor) -> list[str]:
     if not generated.any():
         return []
     video, _ = pipeline.scaler.unscale(latents.video, latents.audio)
-    code = video[:, video_ae.config.latent_channels:][:, :, generated.to(video.device)]
-    return [SHAPES[i] for i in code.sum(dim=(2, 3, 4)).argmax(dim=1).tolist()]
+    _, code = video_ae.split_code(video)
+    return [SHAPES[i] for i in video_ae.shape_coder.vote(code[:, :, generated.to(video.device)]).tolist()]
 
 
 def evaluate_task(pipeline, task: str | torch.Tensor, n_clips: int, steps: int = 50, guidance: float = 1.0,

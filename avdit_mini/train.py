@@ -207,7 +207,7 @@ def build_autoencoder(modality: str, tiny: bool = False, **video_head) -> tuple[
     return model, config
 
 
-def freeze_encoder_from(model: nn.Module, stem: Path, freeze: bool = True) -> None:
+def freeze_encoder_from(model: nn.Module, stem: Path, freeze: bool = True) -> set[str]:
     """Start from the weights of checkpoint ``stem`` and freeze the encoder: only the decoder trains.
 
     The latents stay exactly those of ``stem``, so an AVDiT trained on them stays valid
@@ -244,11 +244,20 @@ def freeze_encoder_from(model: nn.Module, stem: Path, freeze: bool = True) -> No
         model.encoder_trunk.requires_grad_(False)
     log(f"{'decoder' if freeze else 'whole-autoencoder'} fine-tune from {stem}: encoder {'frozen' if freeze else 'trained'}, "
         f"new layers {sorted(fresh)}")
+    return fresh
 
 
 def random_frames(video: torch.Tensor, k: int) -> torch.Tensor:
     """``k`` distinct frame indices of ``video`` [B, C, T, H, W], in order, drawn from the global random state."""
     return torch.randperm(video.shape[2])[:k].sort().values.to(video.device)
+
+
+def with_latent_noise(latent: torch.Tensor, scale: float) -> torch.Tensor:
+    """``latent`` [B, C, ...] plus Gaussian noise of a standard deviation drawn per clip from U(0, ``scale``), in units of
+    each channel's spread over the batch (``--latent-noise``)."""
+    spread = latent.detach().std(dim=(0, 2, 3, 4), keepdim=True)  # per channel, over the batch
+    sigma = scale * torch.rand(latent.shape[0], 1, 1, 1, 1, device=latent.device)
+    return latent + sigma * spread * torch.randn_like(latent)
 
 
 def autoencoder_loss(model: nn.Module, modality: str, batch: dict, edge: float = 0.0,
@@ -268,9 +277,7 @@ def autoencoder_loss(model: nn.Module, modality: str, batch: dict, edge: float =
             return reconstruction_loss(model(video), video, **weighting)
         latent = model.encode(video)
         if latent_noise:
-            spread = latent.detach().std(dim=(0, 2, 3, 4), keepdim=True)  # per channel, over the batch
-            sigma = latent_noise * torch.rand(latent.shape[0], 1, 1, 1, 1, device=latent.device)
-            latent = latent + sigma * spread * torch.randn_like(latent)
+            latent = with_latent_noise(latent, latent_noise)
         if not frames:
             return reconstruction_loss(model.decode_raw(latent), video, **weighting)
         chosen = random_frames(video, frames)
@@ -281,14 +288,20 @@ def autoencoder_loss(model: nn.Module, modality: str, batch: dict, edge: float =
     return {"loss": l1 + mse, "l1": l1.detach(), "mse": mse.detach()}
 
 
-def reconstruction_step(model: nn.Module, args: argparse.Namespace, video: torch.Tensor):
-    """The latent, the decoded and the real frames (``--loss-frames`` of them) and the reconstruction losses."""
+def decoded_losses(model: nn.Module, args: argparse.Namespace, latent: torch.Tensor, video: torch.Tensor):
+    """``latent`` decoded on ``--loss-frames`` random frames of ``video`` (all: 0): the decoded and the real frames and
+    the reconstruction losses, weighed as the command line says."""
     chosen = random_frames(video, args.loss_frames or video.shape[2])
-    latent = model.encode(video)
     decoded, real = model.decode_raw(latent, chosen), video[:, :, chosen]
     losses = reconstruction_loss(decoded, real, edge=args.edge_weight, pixel=args.pixel_loss, boost=args.object_boost,
                                  area=args.boost_area, halo=args.halo_weight)
-    return latent, decoded, real, losses
+    return decoded, real, losses
+
+
+def reconstruction_step(model: nn.Module, args: argparse.Namespace, video: torch.Tensor):
+    """The latent, the decoded and the real frames (``--loss-frames`` of them) and the reconstruction losses."""
+    latent = model.encode(video)
+    return (latent, *decoded_losses(model, args, latent, video))
 
 
 def shape_labels(batch: dict, flag: str) -> torch.Tensor:
@@ -487,13 +500,19 @@ def unsure_of_shape(model: nn.Module, appearance: torch.Tensor, batch: dict, sha
     chosen = [i for i in range(appearance.shape[0]) if float(torch.rand(())) < share]
     if not chosen:
         return appearance
-    world = World()
-    drawings = torch.stack([world.redraw(batch["factors"][i], s) for i in chosen for s in SHAPES]).to(appearance.device)
-    with torch.no_grad():
-        mean = model.encode_appearance(drawings).reshape(len(chosen), len(SHAPES), *appearance.shape[1:]).mean(dim=1)
     appearance = appearance.clone()
-    appearance[chosen] = mean
+    appearance[chosen] = unsure_latents(model, [batch["factors"][i] for i in chosen]).to(appearance.device)
     return appearance
+
+
+@torch.no_grad()
+def unsure_latents(model: nn.Module, factors: list[dict]) -> torch.Tensor:
+    """For each clip of ``factors``, the mean of ``model``'s own (encoder) latents of the clip drawn with each shape
+    (``World.redraw``): [N, latent_channels, 5, 8, 8] -- where the object is and its colour, not which shape."""
+    world, device = World(), next(model.parameters()).device
+    drawings = torch.stack([world.redraw(f, s) for f in factors for s in SHAPES]).to(device)
+    latents = model.encode_appearance(drawings)
+    return latents.reshape(len(factors), len(SHAPES), *latents.shape[1:]).mean(dim=1)
 
 
 class ShapeCodeLoss:
@@ -531,16 +550,10 @@ class ShapeCodeLoss:
             chosen_clips = (torch.rand(b, 1, 1, 1, 1, device=video.device) < self.args.latent_blur).float()
             appearance = chosen_clips * finest_removed(appearance) + (1 - chosen_clips) * appearance
         if self.args.latent_noise:
-            spread = appearance.detach().std(dim=(0, 2, 3, 4), keepdim=True)
-            sigma = self.args.latent_noise * torch.rand(b, 1, 1, 1, 1, device=video.device)
-            appearance = appearance + sigma * spread * torch.randn_like(appearance)
+            appearance = with_latent_noise(appearance, self.args.latent_noise)
         if self.args.code_noise:
             code = code + self.args.code_noise * torch.rand(b, 1, 1, 1, 1, device=video.device) * torch.randn_like(code)
-        latent = torch.cat([appearance, code], dim=1)
-        chosen = random_frames(video, self.args.loss_frames or video.shape[2])
-        losses = reconstruction_loss(model.decode_raw(latent, chosen), video[:, :, chosen], edge=self.args.edge_weight,
-                                     pixel=self.args.pixel_loss, boost=self.args.object_boost, area=self.args.boost_area,
-                                     halo=self.args.halo_weight)
+        _, _, losses = decoded_losses(model, self.args, torch.cat([appearance, code], dim=1), video)
         losses["loss"] = losses["loss"] + self.weight * error
         with torch.no_grad():  # the code's vote in the object's cells: its largest channel against the true shape
             pooled = causal_time_pool(targets, model.time)
@@ -608,10 +621,7 @@ class GuessLoss:
     def __call__(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         video = batch["video"]
         latent = self.guessed_latents(video, batch["audio"], step)
-        chosen = random_frames(video, self.args.loss_frames or video.shape[2])
-        return reconstruction_loss(self.model.decode_raw(latent, chosen), video[:, :, chosen], edge=self.args.edge_weight,
-                                   pixel=self.args.pixel_loss, boost=self.args.object_boost, area=self.args.boost_area,
-                                   halo=self.args.halo_weight)
+        return decoded_losses(self.model, self.args, latent, video)[2]
 
     def report(self) -> str:
         return (f"guesses: {np.mean(self.stats[-50:]) if self.stats else float('nan'):.3f} mean squared distance from the "
@@ -698,8 +708,9 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
                                       shape_code=len(SHAPES) if getattr(args, "shape_code", 0) else None)
     if args.finetune_decoder and args.finetune:
         raise ValueError("--finetune-decoder (encoder frozen) and --finetune (both sides) exclude each other: pass one")
+    fresh_layers: set[str] = set()
     if args.finetune_decoder or args.finetune:
-        freeze_encoder_from(model, Path(args.finetune_decoder or args.finetune), freeze=bool(args.finetune_decoder))
+        fresh_layers = freeze_encoder_from(model, Path(args.finetune_decoder or args.finetune), freeze=bool(args.finetune_decoder))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     companion = None
@@ -740,8 +751,7 @@ def run_autoencoder(args: argparse.Namespace) -> dict:
         if companion or head_loss:
             raise ValueError("--shape-code does not combine with --adversarial, --shape-alignment or --shape-head: "
                              "one at a time")
-        stored = load_file(str(checkpoints.checkpoint_paths(Path(args.finetune_decoder))["weights"]))
-        if any(k.startswith("shape_coder.") for k in stored) and not args.train_coder:
+        if not any(name.startswith("shape_coder.") for name in fresh_layers) and not args.train_coder:
             model.shape_coder.requires_grad_(False)  # its code is part of the latents: keep them (--train-coder: not)
             log(f"the shape coder of {args.finetune_decoder} is kept as it is (frozen): the latents do not change")
         head_loss = ShapeCodeLoss(model, args)

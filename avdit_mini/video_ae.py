@@ -288,6 +288,11 @@ class ShapeCoder(nn.Module):
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.pool(self.frame_logits(video))
 
+    @staticmethod
+    def vote(code: torch.Tensor) -> torch.Tensor:
+        """A code [B, K, F, H, W] -> each clip's shape index [B]: the channel with the most coverage over its cells."""
+        return code.sum(dim=(2, 3, 4)).argmax(dim=1)
+
 
 def shape_code_targets(video: torch.Tensor, shapes: torch.Tensor, classes: int = 3, threshold: float = 0.05,
                        space: int = 8) -> torch.Tensor:
@@ -380,9 +385,7 @@ class VideoAutoencoder(nn.Module):
         expected = (c.channels, g.video_latent_frames, *g.video_latent_hw)
         if latent.ndim != 5 or tuple(latent.shape[1:]) != expected:
             raise ValueError(f"expected a video latent [B, {', '.join(map(str, expected))}], got {list(latent.shape)}")
-        code = None
-        if self.code_inject is not None:  # the shape code: its own channels, its own way in
-            latent, code = latent[:, :c.latent_channels], latent[:, c.latent_channels:]
+        latent, code = self.split_code(latent)  # the shape code: its own channels, its own way in
         features = self.decoder[0](latent)  # [B, w2, 5, 8, 8]
         if code is not None:
             features = features + self.code_inject(code)
@@ -396,6 +399,12 @@ class VideoAutoencoder(nn.Module):
         if self.refine is not None:
             video = video + self.refine(drawn)
         return video * 0.5 + 0.5
+
+    def split_code(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A latent -> the encoder's own channels and the shape code's (None without a shape code)."""
+        if self.shape_coder is None:
+            return latent, None
+        return latent[:, :self.config.latent_channels], latent[:, self.config.latent_channels:]
 
     def shape_logits(self, latent: torch.Tensor) -> torch.Tensor:
         """The decoder's shape head on a latent: logits [B, classes, 5, 8, 8] (the model needs ``shape_head``)."""

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from avdit_mini import checkpoints, probes
-from avdit_mini.data import SHAPES, SIZES, World
+from avdit_mini.data import SHAPES, SIZES, next_shape
 from avdit_mini.pipeline import load_autoencoder
-from avdit_mini.train import val_batches
+from avdit_mini.train import unsure_latents, val_batches
 from avdit_mini.video_ae import object_cells, psnr
 
 
@@ -80,30 +80,18 @@ def with_code(model: torch.nn.Module, latents: torch.Tensor, videos: torch.Tenso
     return torch.cat([latents, code], dim=1)
 
 
-def unsure_latents(model: torch.nn.Module, factors: list[dict]) -> torch.Tensor:
-    """Each clip's latent unsure of its shape: the mean of ``model``'s encoder's latents of the clip drawn with each
-    shape (``World.redraw``; ``train.unsure_of_shape``): where the object is and its colour, not its shape."""
-    world, means = World(), []
-    with torch.no_grad():
-        for f in factors:
-            drawings = torch.stack([world.redraw(f, s) for s in SHAPES])
-            means.append(model.encode_appearance(drawings).mean(dim=0))
-    return torch.stack(means)
-
-
 def code_scores(model: torch.nn.Module, latents: torch.Tensor, factors: list[dict]) -> dict:
     """A shape code's vote (its channels summed over the clip: the largest names the shape) and whether the decoder
     draws what the code says: (1) each clip decoded with its code moved to the next shape's channel (circle -> square
     -> triangle -> circle), its own latent channels untouched: the share the probe then reads as that next shape;
-    (2) the latent channels replaced by the mean of the clip's three drawings' (:func:`unsure_latents`), the code
+    (2) the latent channels replaced by the mean of the clip's three drawings' (``train.unsure_latents``), the code
     its own, then moved on: the shares the probe reads as the code says."""
-    channels = model.config.latent_channels
-    code = latents[:, channels:]
-    votes = [SHAPES[i] for i in code.sum(dim=(2, 3, 4)).argmax(dim=1).tolist()]
-    unsure = unsure_latents(model, factors)
-    wanted = [SHAPES[(SHAPES.index(f["shape"]) + 1) % len(SHAPES)] for f in factors]
+    own, code = model.split_code(latents)
+    votes = [SHAPES[i] for i in model.shape_coder.vote(code).tolist()]
+    unsure = torch.cat([unsure_latents(model, factors[i:i + 25]) for i in range(0, len(factors), 25)])
+    wanted = [next_shape(f["shape"]) for f in factors]
     result = {"shape_code_vote": float(np.mean([v == f["shape"] for v, f in zip(votes, factors)]))}
-    for name, appearance, shift, truth in (("code_swapped", latents[:, :channels], 1, wanted),
+    for name, appearance, shift, truth in (("code_swapped", own, 1, wanted),
                                            ("unsure_own_code", unsure, 0, [f["shape"] for f in factors]),
                                            ("unsure_code_swapped", unsure, 1, wanted)):
         edited = torch.cat([appearance, code.roll(shift, dims=1)], dim=1)
